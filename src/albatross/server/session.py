@@ -1,0 +1,497 @@
+"""The session driver: runs the smtp/ state machine over an asyncio transport.
+
+One `Session` per connection, an `asyncio.Protocol` (no StreamReader: bytes go straight into
+the state machine's buffer). Decisions that need no I/O (EHLO, MAIL, RCPT) are made inline;
+the end of a message awaits the spool's group commit, and only then is 250 written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any
+
+from albatross.errors import AlbatrossError
+from albatross.model import Envelope, Recipient, Reply
+from albatross.server.tls import describe
+from albatross.smtp.server import (
+    Closed,
+    Hello,
+    Limits,
+    MailFrom,
+    MessageAborted,
+    MessageData,
+    MessageEnd,
+    MessageStart,
+    RcptTo,
+    Reset,
+    ServerConnection,
+    StartTLS,
+    State,
+)
+
+R_TOO_MANY_CONN = Reply(421, "4.7.0", "Error: too many connections, try again later")
+R_TOO_MANY_FROM_IP = Reply(421, "4.7.0", "Error: too many connections from your address")
+R_SHUTDOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
+R_TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded, closing connection")
+R_NO_SPACE = Reply(452, "4.3.1", "Insufficient system storage, try again later")
+R_RELAY_DENIED = Reply(554, "5.7.1", "Error: relay access denied")
+R_LOOP = Reply(554, "5.4.6", "Error: too many Received headers, mail loop detected")
+R_HEADER_TOO_BIG = Reply(552, "5.3.4", "Error: message header block too large")
+R_STORE_FAILED = Reply(451, "4.3.0", "Error: could not store the message, try again later")
+_HIGH_WATER = 1 << 20  # pause reading when this much input waits for a decision
+_STREAM_CHUNK = 256 * 1024  # hand content to the spool in pieces of about this size
+
+
+@dataclass(slots=True)
+class SessionPolicy:
+    """The checks of this milestone: relay control and loop detection. Issue 4 grows this
+    into policy/ with per-phase hooks."""
+
+    local_domains: frozenset[str]
+    trusts: Callable[[str], bool]  # is this client address in a trusted network?
+    max_received: int = 50
+    max_header_size: int = 1 << 20
+
+    def is_trusted(self, ip: str) -> bool:
+        try:
+            return self.trusts(ip)
+        except ValueError:
+            return False
+
+    def is_local(self, domain: str) -> bool:
+        return domain.rstrip(".").lower() in self.local_domains
+
+
+@dataclass(slots=True)
+class ServerContext:
+    """What every session shares: limits, storage, log, TLS and the connection counts."""
+
+    limits: Limits
+    spool: Any  # albatross.spool.Spool
+    log: Any  # albatross.observe.MailLog
+    policy: SessionPolicy
+    banner: str
+    tls: ssl.SSLContext | None = None
+    max_connections: int = 1000
+    max_per_ip: int = 50
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+    tls_timeout: float = 30.0
+    sessions: set[Session] = field(default_factory=set)
+    per_ip: dict[str, int] = field(default_factory=dict)
+    shutting_down: bool = False
+    ids: Callable[[], int] = field(default_factory=lambda: itertools.count(1).__next__)
+
+
+class _DateCache:
+    """RFC 5322 dates for Received headers, formatted once per second."""
+
+    __slots__ = ("second", "text")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.text = ""
+
+    def now(self) -> str:
+        t = int(time.time())
+        if t != self.second:
+            self.second = t
+            self.text = formatdate(t, localtime=False, usegmt=False)
+        return self.text
+
+
+_dates = _DateCache()
+
+
+class Session(asyncio.Protocol):
+    """One SMTP connection."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.conn = ServerConnection(ctx.limits)
+        self.sid = f"s{ctx.ids():x}"
+        self.transport: asyncio.Transport | None = None
+        self.peer_ip = ""
+        self.peer_port = 0
+        self.tls_info: str | None = None
+        self.last_active = 0.0
+        self._busy = False  # a decision is being awaited (commit, TLS handshake)
+        self._paused = False
+        self._counted = False
+        self._writer: Any = None
+        self._qid: str | None = None
+        self._headers: bytearray | None = None
+        self._header_end = -1
+        self._header_overflow = False
+        self._messages = 0
+        self._pending_writes: list[bytes] = []
+        self._pending_size = 0
+        self._store_failed = False
+        self._committing = False
+
+    # --- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        ctx = self.ctx
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.peer_ip, self.peer_port = str(peer[0]), int(peer[1])
+        self.last_active = time.monotonic()
+        ctx.log.event("connect", session=self.sid, client=self.peer_ip, port=self.peer_port)
+        reply: Reply
+        if ctx.shutting_down:
+            reply = R_SHUTDOWN
+        elif len(ctx.sessions) >= ctx.max_connections:
+            reply = R_TOO_MANY_CONN
+        elif ctx.per_ip.get(self.peer_ip, 0) >= ctx.max_per_ip:
+            reply = R_TOO_MANY_FROM_IP
+        else:
+            reply = Reply(220, "", f"{ctx.limits.hostname} {ctx.banner}")
+            ctx.sessions.add(self)
+            ctx.per_ip[self.peer_ip] = ctx.per_ip.get(self.peer_ip, 0) + 1
+            self._counted = True
+        if reply.code != 220:
+            ctx.log.event("reject", session=self.sid, client=self.peer_ip, phase="connect",
+                          reply=str(reply))
+        self.conn.greet(reply)
+        self._pump()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        self.conn.receive_data(data)
+        if not self._busy:
+            self._pump()
+        elif self.conn.buffered > _HIGH_WATER and not self._paused and self.transport:
+            self.transport.pause_reading()
+            self._paused = True
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._committing:  # a commit in flight finishes; at worst a duplicate
+            self._drop_message()
+        ctx = self.ctx
+        if self._counted:
+            self._counted = False
+            ctx.sessions.discard(self)
+            n = ctx.per_ip.get(self.peer_ip, 1) - 1
+            if n <= 0:
+                ctx.per_ip.pop(self.peer_ip, None)
+            else:
+                ctx.per_ip[self.peer_ip] = n
+        ctx.log.event("disconnect", session=self.sid, client=self.peer_ip,
+                      messages=self._messages,
+                      reason=self.conn.closed_reason or ("error" if exc else "client closed"))
+        self.conn.shutdown(R_SHUTDOWN)
+        self.transport = None
+
+    # --- the pump ------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Run events until the machine needs input or an async decision, then write."""
+        conn = self.conn
+        while True:
+            ev = conn.next_event()
+            if ev is None:
+                break
+            t = type(ev)
+            if t is MessageData:
+                if self._on_data(ev.data):  # type: ignore[union-attr]
+                    self._busy = True
+                    asyncio.get_running_loop().create_task(self._drain())
+                    break
+            elif t is RcptTo:
+                self._on_rcpt(ev)  # type: ignore[arg-type]
+            elif t is MessageEnd:
+                self._busy = True
+                asyncio.get_running_loop().create_task(self._on_end())
+                break
+            elif t is MailFrom:
+                self._on_mail(ev)  # type: ignore[arg-type]
+            elif t is MessageStart:
+                self._on_start()
+            elif t is Hello:
+                self._on_hello(ev)  # type: ignore[arg-type]
+            elif t is MessageAborted:
+                self._drop_message()
+                self.ctx.log.event("reject", session=self.sid, client=self.peer_ip,
+                                   phase="data", reply=str(ev.reply))  # type: ignore[union-attr]
+            elif t is Reset:
+                self._drop_message()
+            elif t is StartTLS:
+                self._busy = True
+                # Stop reading before the 220 goes out: the client's handshake bytes must
+                # reach the TLS layer, not the plaintext protocol (RFC 3207 §4).
+                if self.transport is not None:
+                    self.transport.pause_reading()
+                conn.accept()
+                self._flush()
+                asyncio.get_running_loop().create_task(self._on_starttls())
+                return
+            elif t is Closed:
+                break
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self.conn.data_to_send()
+        tr = self.transport
+        if tr is None:
+            return
+        if out:
+            tr.write(out)
+        if self.conn.closing:
+            tr.close()
+            return
+        if (self.ctx.shutting_down and not self._busy and self.conn.pending is None
+                and self.conn.state in (State.INIT, State.READY)):
+            self.conn.shutdown(R_SHUTDOWN)
+            tr.write(self.conn.data_to_send())
+            tr.close()
+            return
+        if self._paused and not self._busy:
+            self._paused = False
+            tr.resume_reading()
+
+    def _resume(self) -> None:
+        self._busy = False
+        if self.transport is not None:
+            self._pump()
+
+    # --- decisions -----------------------------------------------------------------------
+
+    def _on_hello(self, ev: Hello) -> None:
+        self.ctx.log.event("helo", session=self.sid, client=self.peer_ip, helo=ev.name,
+                           esmtp=ev.extended)
+        self.conn.accept()
+
+    def _on_mail(self, ev: MailFrom) -> None:
+        size = ev.params.size or self.ctx.limits.max_message_size
+        if not self.ctx.spool.has_space_for(size):
+            self._reject("mail", R_NO_SPACE, sender=_addr(ev.sender))
+            return
+        self.conn.accept()
+
+    def _on_rcpt(self, ev: RcptTo) -> None:
+        rcpt = ev.recipient
+        pol = self.ctx.policy
+        # No open relay (ARCHITECTURE.md): mail for others' domains only from trusted
+        # networks until authentication arrives (issue 4).
+        if rcpt.domain == "" or pol.is_local(rcpt.domain) or pol.is_trusted(self.peer_ip):
+            self.conn.accept()
+        else:
+            self._reject("rcpt", R_RELAY_DENIED, recipient=str(rcpt))
+
+    def _reject(self, phase: str, reply: Reply, **fields: Any) -> None:
+        self.ctx.log.event("reject", session=self.sid, client=self.peer_ip, phase=phase,
+                           reply=str(reply), **fields)
+        self.conn.respond(reply)
+
+    # --- message content -----------------------------------------------------------------
+
+    def _on_start(self) -> None:
+        ctx = self.ctx
+        qid = ctx.spool.new_id()
+        self._qid = qid
+        self._writer = ctx.spool.begin(qid)
+        self._headers = bytearray()
+        self._header_end = -1
+        self._header_overflow = False
+        self._store_failed = False
+        received = self._received(qid)
+        self._pending_writes = [received]
+        self._pending_size = len(received)
+
+    def _received(self, qid: str) -> bytes:
+        """Our trace header, RFC 5321 §4.4 (with the TLS details when used)."""
+        tr = self.conn.transaction
+        utf8 = tr.params is not None and tr.params.smtputf8
+        proto = ("UTF8SMTP" if utf8 else "ESMTP" if self.conn.extended else "SMTP")
+        if self.tls_info:
+            proto += "S"
+        helo = self.conn.helo or "unknown"
+        lines = [f"Received: from {helo} ([{self.peer_ip}])",
+                 f"\tby {self.ctx.limits.hostname} (Albatross) with {proto} id {qid}"]
+        if self.tls_info:
+            version, _, cipher = self.tls_info.partition(" ")
+            lines.append(f"\t(version={version} cipher={cipher})")
+        if len(tr.recipients) == 1:
+            lines.append(f"\tfor <{tr.recipients[0].recipient}>; {_dates.now()}")
+        else:
+            lines[-1] += ";"
+            lines.append(f"\t{_dates.now()}")
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+    def _on_data(self, data: bytes) -> bool:
+        """Collect content; True when enough is waiting to be handed to the spool now
+        (so a large message streams to disk instead of growing in memory)."""
+        if self._writer is None:
+            return False
+        if self._header_end < 0 and not self._header_overflow:
+            self._scan_headers(data)
+        self._pending_writes.append(data)
+        self._pending_size += len(data)
+        return self._pending_size >= _STREAM_CHUNK
+
+    async def _write_pending(self) -> None:
+        writes, self._pending_writes, self._pending_size = self._pending_writes, [], 0
+        writer = self._writer
+        if writer is not None:
+            await writer.write(b"".join(writes))
+
+    async def _drain(self) -> None:
+        try:
+            await self._write_pending()
+        except Exception as exc:
+            # The store failed mid-message: drop it; the end of data will get 451.
+            self.ctx.log.event("error", session=self.sid, qid=self._qid, where="spool",
+                               error=str(exc) or repr(exc))
+            self._drop_message()
+            self._store_failed = True
+        self._resume()
+
+    def _scan_headers(self, data: bytes) -> None:
+        hdr = self._headers
+        assert hdr is not None
+        start = max(0, len(hdr) - 3)
+        hdr += data
+        if hdr[:2] == b"\r\n":
+            self._header_end = 0
+            return
+        end = hdr.find(b"\r\n\r\n", start)
+        if end >= 0:
+            self._header_end = end + 2
+            del hdr[end + 2 :]
+        elif len(hdr) > self.ctx.policy.max_header_size:
+            self._header_overflow = True
+
+    def _count_received(self) -> int:
+        hdr = self._headers
+        if not hdr:
+            return 0
+        low = bytes(hdr).lower()
+        return low.count(b"\nreceived:") + (1 if low.startswith(b"received:") else 0)
+
+    async def _on_end(self) -> None:
+        conn = self.conn
+        reply: Reply
+        try:
+            writer, qid = self._writer, self._qid
+            if writer is None or qid is None or self._store_failed:
+                reply = R_STORE_FAILED
+            elif self._header_overflow:
+                reply = R_HEADER_TOO_BIG
+            elif self._count_received() >= self.ctx.policy.max_received:
+                reply = R_LOOP
+            else:
+                reply = await self._commit(writer, qid)
+            if reply.code >= 400:
+                self._drop_message()
+                self.ctx.log.event("reject", session=self.sid, client=self.peer_ip,
+                                   phase="data", qid=qid, reply=str(reply))
+        except Exception as exc:  # never lose the session to a bug: tempfail the message
+            self._drop_message()
+            self.ctx.log.event("error", session=self.sid, where="end-of-data", error=repr(exc))
+            reply = R_STORE_FAILED
+        self._writer = None
+        self._headers = None
+        if conn.pending is not None:
+            conn.respond(reply)
+        self._resume()
+
+    async def _commit(self, writer: Any, qid: str) -> Reply:
+        tr = self.conn.transaction
+        params = tr.params
+        self._committing = True
+        await self._write_pending()
+        env = Envelope(
+            sender=_addr(tr.sender),
+            recipients=[Recipient(str(r.recipient), r.notify, r.orcpt) for r in tr.recipients],
+            mail_params=dict(params.raw) if params is not None else {},
+            client_ip=self.peer_ip,
+            client_port=self.peer_port,
+            helo=self.conn.helo or "",
+            protocol=("ESMTP" if self.conn.extended else "SMTP") + ("S" if self.tls_info else ""),
+            tls=self.tls_info,
+            arrival=time.time(),
+            source="smtp",
+        )
+        try:
+            await self.ctx.spool.commit(writer, env)
+        except AlbatrossError as exc:
+            self._committing = False
+            self.ctx.log.event("error", session=self.sid, qid=qid, where="spool", error=str(exc))
+            return exc.reply if exc.reply.code >= 400 else R_STORE_FAILED
+        self._committing = False
+        self._writer = None
+        self._messages += 1
+        self.ctx.log.event("queued", qid=qid, session=self.sid, client=self.peer_ip,
+                           sender=env.sender, recipients=[r.address for r in env.recipients],
+                           size=writer.size, tls=self.tls_info)
+        return Reply(250, "2.0.0", f"Ok: queued as {qid}")
+
+    def _drop_message(self) -> None:
+        w = self._writer
+        self._writer = None
+        self._pending_writes = []
+        self._pending_size = 0
+        if w is not None:
+            w.abort()
+
+    # --- STARTTLS ------------------------------------------------------------------------
+
+    async def _on_starttls(self) -> None:
+        ctx = self.ctx
+        conn = self.conn
+        tr = self.transport
+        if tr is None or ctx.tls is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(ctx.tls_timeout):
+                new = await loop.start_tls(tr, self, ctx.tls, server_side=True)
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            ctx.log.event("tls", session=self.sid, client=self.peer_ip, ok=False,
+                          error=str(exc) or type(exc).__name__)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if new is None:
+            return
+        self.transport = new  # type: ignore[assignment]
+        self.tls_info = describe(new.get_extra_info("ssl_object"))
+        ctx.log.event("tls", session=self.sid, client=self.peer_ip, ok=True, tls=self.tls_info)
+        conn.tls_established()
+        self._resume()
+
+    # --- timeouts and shutdown -------------------------------------------------------------
+
+    def check_timeout(self, now: float) -> None:
+        if self._busy or self.transport is None:
+            return
+        st = self.conn.state
+        limit = (self.ctx.data_timeout if st in (State.DATA, State.BDAT)
+                 else self.ctx.command_timeout)
+        if now - self.last_active > limit:
+            self.conn.shutdown(R_TIMEOUT)
+            self.conn.closed_reason = "timeout"
+            self._flush()
+
+    def force_close(self) -> None:
+        """End of the shutdown grace: tempfail whatever is open."""
+        if self.transport is None:
+            return
+        self._drop_message()
+        self.conn.shutdown(R_SHUTDOWN)
+        self._flush()
+
+
+def _addr(mb: object | None) -> str:
+    return "" if mb is None else str(mb)
