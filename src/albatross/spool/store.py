@@ -1,0 +1,309 @@
+"""Spool: the durable message store that sessions commit to and the scheduler reads from.
+
+Durability contract (ARCHITECTURE.md, "Durability"): commit() returns only when the message
+and its envelope are on stable storage, so the session may answer 250; anything that goes
+wrong on the way is a SpoolError (451 4.3.0) and nothing committed earlier is touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from albatross.errors import SpoolError
+from albatross.model import Envelope
+from albatross.spool.commit import CommitJob, CommitStats, CommitThread
+from albatross.spool.ids import IdSource, is_valid_id
+from albatross.spool.layout import Layout, fsync_dir
+from albatross.spool.maildrop import (
+    MAX_RECORD,
+    STALE_TMP_SECONDS,
+    MalformedMaildrop,
+    parse_record,
+)
+from albatross.spool.message import MessageWriter
+from albatross.spool.recovery import RecoveryReport, recover
+from albatross.spool.schema import NewerFormat, connect_reader
+
+# has_space_for is asked on every MAIL; statvfs once a second is plenty.
+_SPACE_CACHE_SECONDS = 1.0
+_PICKUP_CHUNK = 256 * 1024
+
+
+def _no_log(event: str, **fields: Any) -> None:
+    pass
+
+
+class Spool:
+    """One shard's queue: a database of envelopes and bodies plus spooled body files."""
+
+    def __init__(self, data_dir: Path, *, inline_max: int = 256 * 1024,
+                 min_free_space: int = 100 * 1024 * 1024,
+                 log: Callable[..., None] | None = None, shard: str = "A") -> None:
+        if inline_max < 0 or min_free_space < 0:
+            raise ValueError("inline_max and min_free_space must not be negative")
+        self.layout = Layout(Path(data_dir))
+        self.inline_max = inline_max
+        self.min_free_space = min_free_space
+        self._log = log or _no_log
+        self._ids = IdSource(shard)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._committer: CommitThread | None = None
+        self._closing = False
+        self._pickup_lock = asyncio.Lock()
+        self._free_bytes = 0
+        self._free_checked_at = -_SPACE_CACHE_SECONDS * 2
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def open(self) -> RecoveryReport:
+        """Create the layout, recover from whatever a crash left, start the writer, pick up."""
+        if self._committer is not None:
+            raise SpoolError("spool is already open")
+        self._loop = asyncio.get_running_loop()
+        try:
+            conn, report = await asyncio.to_thread(recover, self.layout, self._log)
+        except (OSError, sqlite3.Error, NewerFormat) as exc:
+            raise SpoolError(f"cannot open the spool in {self.layout.data_dir}: {exc}") from exc
+        self._closing = False
+        self._committer = CommitThread(conn, self.layout, self._loop)
+        self._committer.start()
+        try:
+            picked, rejected = await self._pickup()
+        except BaseException:
+            await self.close()  # do not leave a writer thread behind a failed open
+            raise
+        report = replace(report, picked_up=picked, maildrop_rejected=rejected,
+                         messages=report.messages + picked)
+        self._log("spool-recovered", tmp_removed=report.tmp_removed,
+                  orphans_removed=report.orphans_removed, quarantined=report.quarantined,
+                  database_replaced=report.database_replaced, messages=report.messages,
+                  picked_up=report.picked_up, maildrop_rejected=report.maildrop_rejected)
+        return report
+
+    async def close(self) -> None:
+        """Finish every commit already submitted, stop the writer, close the database."""
+        committer = self._committer
+        if committer is None:
+            return
+        self._closing = True  # no new jobs may arrive after the stop marker
+        committer.stop()
+        await asyncio.to_thread(committer.join)
+        self._committer = None
+
+    @property
+    def stats(self) -> CommitStats:
+        """Group-commit counters (batches, messages, largest batch) since open()."""
+        if self._committer is None:
+            return CommitStats(0, 0, 0)
+        return self._committer.stats
+
+    # -- the write side -----------------------------------------------------------------
+
+    def new_id(self) -> str:
+        return self._ids.next()
+
+    def has_space_for(self, size: int) -> bool:
+        """True when `size` more bytes leave at least min_free_space free on the spool's disk.
+
+        Refusing at MAIL time (452 4.3.1, RFC 5321 section 4.5.3.1.10) beats failing at the
+        end of DATA after the client has sent everything.
+        """
+        now = time.monotonic()
+        if now - self._free_checked_at >= _SPACE_CACHE_SECONDS:
+            try:
+                st = os.statvfs(self.layout.data_dir)
+                self._free_bytes = st.f_bavail * st.f_frsize
+            except OSError:
+                self._free_bytes = 0  # cannot tell: say no, a 452 is retried
+            self._free_checked_at = now
+        return self._free_bytes >= size + self.min_free_space
+
+    def begin(self, qid: str) -> MessageWriter:
+        if not is_valid_id(qid):
+            raise SpoolError(f"not a queue id: {qid!r}")
+        return MessageWriter(qid, self.layout.tmp, self.inline_max)
+
+    async def commit(self, writer: MessageWriter, envelope: Envelope) -> None:
+        """Store the message and its envelope; return only once both are durable."""
+        committer = self._committer
+        if committer is None or self._closing or self._loop is None:
+            writer.abort()
+            raise SpoolError("spool is not open")
+        try:
+            record = envelope.to_record()
+            if not record.get("arrival"):
+                record["arrival"] = time.time()
+            text = json.dumps(record, ensure_ascii=True, separators=(",", ":"),
+                              allow_nan=False)
+            arrival = float(record["arrival"])
+        except (TypeError, ValueError) as exc:
+            writer.abort()
+            raise SpoolError(f"{writer.qid}: envelope cannot be stored: {exc}") from exc
+        sealed = await writer.seal()
+        future: asyncio.Future[None] = self._loop.create_future()
+        committer.submit(CommitJob(
+            qid=writer.qid, arrival=arrival, size=sealed.size, record=text, body=sealed.inline,
+            tmp_path=sealed.tmp_path,
+            body_name=None if sealed.tmp_path is None else Layout.body_name(writer.qid),
+            future=future))
+        await future
+
+    # -- the read side (synchronous: admin tools, tests, or a thread of the scheduler) ----
+
+    def ids(self) -> list[str]:
+        """Committed messages in commit order."""
+        return [row[0] for row in self._read("SELECT id FROM message ORDER BY seq")]
+
+    def count(self) -> int:
+        return int(self._read("SELECT count(*) FROM message")[0][0])
+
+    def load(self, qid: str) -> tuple[Envelope, bytes]:
+        """The envelope and body of a committed message; KeyError when there is none."""
+        rows = self._read(
+            "SELECT m.body, m.body_file, e.record FROM message m JOIN envelope e"
+            " ON e.id = m.id WHERE m.id = ?", (qid,))
+        if not rows:
+            raise KeyError(qid)
+        body, body_file, record = rows[0]
+        try:
+            envelope = Envelope.from_record(json.loads(record))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SpoolError(f"{qid}: envelope record unreadable: {exc}") from exc
+        if body is not None:
+            return envelope, bytes(body)
+        # Derive the path from the id, never from the row: a damaged row must not make us
+        # read some other file.
+        if body_file != Layout.body_name(qid):
+            raise SpoolError(f"{qid}: body_file {body_file!r} does not match the id")
+        try:
+            return envelope, self.layout.body_path(body_file).read_bytes()
+        except OSError as exc:
+            raise SpoolError(f"{qid}: cannot read message body: {exc}") from exc
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            conn = connect_reader(self.layout.db)
+            try:
+                return conn.execute(sql, params).fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot read the queue: {exc}") from exc
+
+    # -- maildrop pickup ----------------------------------------------------------------
+
+    async def pickup(self) -> int:
+        """Import every complete maildrop file; returns how many were queued."""
+        picked, _rejected = await self._pickup()
+        return picked
+
+    async def _pickup(self) -> tuple[int, int]:
+        async with self._pickup_lock:
+            try:
+                names = await asyncio.to_thread(self._scan_maildrop)
+            except OSError as exc:
+                raise SpoolError(f"cannot read the maildrop: {exc}") from exc
+            picked = rejected = 0
+            for name in names:
+                outcome = await self._pickup_one(self.layout.maildrop / name)
+                picked += outcome == "queued"
+                rejected += outcome == "rejected"
+            return picked, rejected
+
+    def _scan_maildrop(self) -> list[str]:
+        """Runs in a thread: the complete files, oldest id first; stale *.tmp removed."""
+        ready = []
+        now = time.time()
+        with os.scandir(self.layout.maildrop) as entries:
+            for entry in entries:
+                if entry.name.endswith(".msg"):
+                    ready.append(entry.name)
+                elif entry.name.endswith(".tmp"):
+                    try:
+                        if now - entry.stat(follow_symlinks=False).st_mtime > STALE_TMP_SECONDS:
+                            os.unlink(entry.path)
+                    except FileNotFoundError:
+                        pass
+        return sorted(ready)
+
+    async def _pickup_one(self, path: Path) -> str:
+        qid = path.name[:-len(".msg")]
+        try:
+            # O_NOFOLLOW: a symlink in the maildrop must not make us import another file.
+            fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return "gone"
+        except OSError as exc:
+            await asyncio.to_thread(self._reject_maildrop, path, qid, f"cannot open: {exc}")
+            return "rejected"
+        with os.fdopen(fd, "rb") as f:
+            uid = os.fstat(fd).st_uid
+            try:
+                if not is_valid_id(qid):
+                    raise MalformedMaildrop("file name is not a queue id")
+                line = await asyncio.to_thread(f.readline, MAX_RECORD + 1)
+                envelope = parse_record(line)
+            except (MalformedMaildrop, OSError) as exc:
+                f.close()
+                await asyncio.to_thread(self._reject_maildrop, path, qid, str(exc))
+                return "rejected"
+            try:
+                stored = await asyncio.to_thread(self._stored_size, qid)
+            except SpoolError as exc:
+                self._log("pickup-deferred", qid=qid, file=path.name, reason=str(exc))
+                return "deferred"
+            body_size = os.fstat(fd).st_size - len(line)
+            if stored is not None:
+                if stored == body_size:
+                    # Queued before a crash that came ahead of the unlink: just finish.
+                    await asyncio.to_thread(_unlink_quietly, path)
+                    return "duplicate"
+                # Another message already holds this id (two processes, one microsecond).
+                qid = self.new_id()
+            writer = self.begin(qid)
+            try:
+                while chunk := await asyncio.to_thread(f.read, _PICKUP_CHUNK):
+                    await writer.write(chunk)
+                await self.commit(writer, envelope)
+            except (SpoolError, OSError) as exc:
+                writer.abort()
+                self._log("pickup-deferred", qid=qid, file=path.name, reason=str(exc))
+                return "deferred"
+        await asyncio.to_thread(_unlink_quietly, path)
+        self._log("pickup", qid=qid, file=path.name, uid=uid)
+        return "queued"
+
+    def _stored_size(self, qid: str) -> int | None:
+        rows = self._read("SELECT size FROM message WHERE id = ?", (qid,))
+        return int(rows[0][0]) if rows else None
+
+    def _reject_maildrop(self, path: Path, qid: str, reason: str) -> None:
+        """Runs in a thread: move a malformed maildrop file aside so it is never retried."""
+        target = self.layout.corrupt / path.name
+        n = 0
+        while target.exists():
+            n += 1
+            target = self.layout.corrupt / f"{path.name}.{n}"
+        try:
+            os.rename(path, target)
+            fsync_dir(self.layout.corrupt)
+        except FileNotFoundError:
+            return
+        except OSError:
+            _unlink_quietly(path)  # it can never be imported; do not spin on it
+        self._log("quarantined", qid=qid, reason=f"maildrop: {reason}", file=path.name)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
