@@ -1,0 +1,258 @@
+"""The configuration schema: every setting, its type, its default and its documentation.
+
+Each table is a frozen dataclass and each key a field whose metadata holds its "doc" and
+its value "kind" (see values.py); a sub-table's metadata names its class under "table".
+The loader validates against these fields and the reference (docs/configuration.md) is
+rendered from them, so adding a field here is all it takes to make a new setting parsed,
+checked and documented. "default_doc" replaces the rendered default where it depends on
+the machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from albatross.config import values
+from albatross.config.values import Network
+
+
+@functools.cache
+def machine_hostname() -> str:
+    """This machine's fully qualified name if it has one, else "localhost".
+
+    A bare name like "vm" is no use in EHLO (RFC 5321 §4.1.1.1 asks for a fully qualified
+    domain name) and may not resolve for peers, so it is not used.
+    """
+    name = socket.getfqdn()
+    return name if "." in name and values.is_hostname(name) else "localhost"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SmtpTimeouts:
+    """How long the server waits for each step of a session (RFC 5321 §4.5.3.2)."""
+
+    command: float = field(default=300.0, metadata={
+        "kind": values.duration(),
+        "doc": "How long to wait for the next command before closing the session with "
+               "421 4.4.2 (RFC 5321 §4.5.3.2.7 asks for at least 5 minutes).",
+    })
+    data: float = field(default=600.0, metadata={
+        "kind": values.duration(),
+        "doc": "How long to wait for more message data after DATA or BDAT before giving up "
+               "on the transaction (RFC 5321 §4.5.3.2.6 suggests 10 minutes between data "
+               "blocks).",
+    })
+    tls_handshake: float = field(default=30.0, metadata={
+        "kind": values.duration(),
+        "doc": "How long a STARTTLS handshake may take before the connection is dropped.",
+    })
+    shutdown_grace: float = field(default=10.0, metadata={
+        "kind": values.duration(positive=False),
+        "doc": "On SIGTERM, how long open sessions may keep going before they are answered "
+               "421 and closed; a message not yet acknowledged is then retried by its "
+               "sender.",
+    })
+
+
+@dataclass(frozen=True, kw_only=True)
+class SmtpConfig:
+    """The SMTP listener and the limits it enforces on every session."""
+
+    listen: tuple[str, ...] = field(default=("127.0.0.1:2525",), metadata={
+        "kind": values.LISTEN,
+        "doc": 'Addresses to accept SMTP connections on, as "HOST:PORT"; write IPv6 '
+               'addresses in brackets ("[::1]:2525"). HOST is an IP address or a host name; '
+               '"0.0.0.0" and "[::]" mean every address. The `listen_addresses` property '
+               "gives them parsed as (host, port) pairs.",
+    })
+    max_message_size: int = field(default=50 << 20, metadata={
+        "kind": values.size(minimum=1),
+        "doc": "Largest message accepted, in bytes; advertised with the EHLO SIZE keyword "
+               "(RFC 1870). Larger messages are refused with 552 5.3.4.",
+    })
+    max_recipients: int = field(default=1000, metadata={
+        "kind": values.integer(minimum=1),
+        "doc": "Recipients accepted per message; further RCPT commands get 452 4.5.3 "
+               "(RFC 5321 §4.5.3.1.8 asks for at least 100).",
+    })
+    max_errors: int = field(default=20, metadata={
+        "kind": values.integer(minimum=1),
+        "doc": "Failed commands allowed per session before it is closed with 421 4.7.0, so "
+               "a client cannot probe or hold a connection forever.",
+    })
+    max_command_line: int = field(default=512, metadata={
+        "kind": values.integer(minimum=512),
+        "doc": "Longest command line accepted, in octets including CRLF; at least 512 "
+               "(RFC 5321 §4.5.3.1.4).",
+    })
+    max_text_line: int = field(default=1000, metadata={
+        "kind": values.integer(minimum=1000),
+        "doc": "Longest line of message text accepted, in octets including CRLF; at least "
+               "1000 (RFC 5321 §4.5.3.1.6).",
+    })
+    max_received_headers: int = field(default=50, metadata={
+        "kind": values.integer(minimum=1),
+        "doc": "A message carrying more Received headers than this is taken to be looping "
+               "between servers and is refused with 554 5.4.6 (RFC 5321 §6.3).",
+    })
+    max_header_size: int = field(default=1 << 20, metadata={
+        "kind": values.size(minimum=1),
+        "doc": "Largest header block accepted (all header lines together), in bytes.",
+    })
+    bare_line_endings: str = field(default="reject", metadata={
+        "kind": values.choice("reject", "normalize"),
+        "doc": 'What to do with a bare CR or LF in commands and message content: "reject" '
+               'refuses it, "normalize" turns it into CRLF. Bare line endings are how SMTP '
+               "smuggling (CVE-2023-51764) hides a second message inside the first, since "
+               "servers disagree on where DATA ends.",
+    })
+    max_connections: int = field(default=1000, metadata={
+        "kind": values.integer(minimum=1),
+        "doc": "Open SMTP connections allowed at once; more are answered 421 4.7.0 and "
+               "closed.",
+    })
+    max_connections_per_ip: int = field(default=50, metadata={
+        "kind": values.integer(minimum=1),
+        "doc": "Open SMTP connections allowed at once from one client IP address; at most "
+               "max_connections.",
+    })
+    banner: str = field(default="Albatross ESMTP", metadata={
+        # RFC 5321 §4.5.3.1.5 caps a reply line at 512 octets: "220 ", a hostname of up to
+        # 253, a space and CRLF leave 252; 200 keeps a margin.
+        "kind": values.reply_text(200),
+        "doc": "Text of the 220 greeting, after the hostname.",
+    })
+    timeouts: SmtpTimeouts = field(default_factory=SmtpTimeouts, metadata={
+        "table": SmtpTimeouts,
+        "doc": "How long the server waits for each step of a session (durations, "
+               "RFC 5321 §4.5.3.2).",
+    })
+
+    @property
+    def listen_addresses(self) -> tuple[tuple[str, int], ...]:
+        """`listen` parsed into (host, port) pairs, IPv6 hosts without brackets."""
+        return tuple(values.parse_listen(item) for item in self.listen)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsConfig:
+    """The certificate offered with STARTTLS."""
+
+    cert_file: Path | None = field(default=None, metadata={
+        "kind": values.PATH,
+        "doc": "PEM certificate chain. Set both cert_file and key_file, or neither: "
+               "without them the daemon generates a self-signed certificate under "
+               "data_dir/tls on first start. A relative path is resolved against the "
+               "current directory at load time; the file must exist.",
+    })
+    key_file: Path | None = field(default=None, metadata={
+        "kind": values.PATH,
+        "doc": "PEM private key for cert_file; resolved like cert_file and must exist.",
+    })
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpoolConfig:
+    """How accepted messages are stored."""
+
+    inline_max: int = field(default=256 << 10, metadata={
+        "kind": values.size(),
+        "doc": "Message bodies up to this size are stored inside queue.db; larger ones go "
+               "to files under data_dir/spool.",
+    })
+    min_free_space: int = field(default=100 << 20, metadata={
+        "kind": values.size(),
+        "doc": "Free disk space kept in reserve: MAIL is refused with 452 4.3.1 when less "
+               "than this plus the declared message size is free (RFC 1870 §6.1).",
+    })
+
+
+@dataclass(frozen=True, kw_only=True)
+class DomainsConfig:
+    """The domains this server receives mail for."""
+
+    local: tuple[str, ...] = field(default=("localhost",), metadata={
+        "kind": values.DOMAINS,
+        "doc": "Mail for these domains is ours to deliver locally. Names compare "
+               "case-insensitively and are stored lower-cased.",
+    })
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelayConfig:
+    """Who may send mail through this server to domains that are not ours."""
+
+    trusted_networks: tuple[Network, ...] = field(
+        default=(ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128")),
+        metadata={
+            "kind": values.NETWORKS,
+            "doc": "Clients connecting from these networks may relay to any domain. Everyone "
+                   "else may only send to local domains, so that this server is never an "
+                   "open relay.",
+        },
+    )
+
+    def trusts(self, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        """True if a client at `address` is inside a trusted network."""
+        ip = ipaddress.ip_address(address) if isinstance(address, str) else address
+        # A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d; unmapped, they would
+        # never match the IPv4 networks an operator wrote.
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.trusted_networks)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogConfig:
+    """The mail log: one line per event, each naming its queue id."""
+
+    file: Path = field(default=Path("log/mail.log"), metadata={
+        "kind": values.PATH,
+        "doc": "Where the mail log is written. A relative path is resolved against "
+               "data_dir at load time.",
+    })
+    stderr: bool = field(default=False, metadata={
+        "kind": values.BOOLEAN,
+        "doc": "Also write each event, rendered for humans, to standard error.",
+    })
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The whole configuration: top-level keys and one field per table."""
+
+    hostname: str = field(default_factory=machine_hostname, metadata={
+        "kind": values.HOSTNAME,
+        "doc": "This server's name, used in the 220 greeting, the EHLO reply and the "
+               "Received headers it adds: letters, digits and hyphens in dot-separated "
+               "labels.",
+        "default_doc": 'the fully qualified name of this machine if it contains a dot, '
+                       'else "localhost"',
+    })
+    data_dir: Path = field(default=Path("albatross-data"), metadata={
+        "kind": values.PATH,
+        "doc": "Directory holding all state: queue.db, spool/, maildrop/, log/ and tls/. "
+               "A relative path is resolved against the current directory at load time.",
+    })
+    smtp: SmtpConfig = field(default_factory=SmtpConfig, metadata={
+        "table": SmtpConfig, "doc": SmtpConfig.__doc__,
+    })
+    tls: TlsConfig = field(default_factory=TlsConfig, metadata={
+        "table": TlsConfig, "doc": TlsConfig.__doc__,
+    })
+    spool: SpoolConfig = field(default_factory=SpoolConfig, metadata={
+        "table": SpoolConfig, "doc": SpoolConfig.__doc__,
+    })
+    domains: DomainsConfig = field(default_factory=DomainsConfig, metadata={
+        "table": DomainsConfig, "doc": DomainsConfig.__doc__,
+    })
+    relay: RelayConfig = field(default_factory=RelayConfig, metadata={
+        "table": RelayConfig, "doc": RelayConfig.__doc__,
+    })
+    log: LogConfig = field(default_factory=LogConfig, metadata={
+        "table": LogConfig, "doc": LogConfig.__doc__,
+    })
