@@ -239,7 +239,9 @@ class ServerConnection:
             self._close("greeting refused")
 
     def receive_data(self, data: bytes) -> None:
-        if self.state is not State.CLOSED and self.state is not State.TLS:
+        """Take bytes from the peer. After STARTTLS was accepted, feed only what came
+        through the TLS layer: it is kept for after tls_established()."""
+        if self.state is not State.CLOSED:
             self._buf += data
 
     @property
@@ -339,7 +341,6 @@ class ServerConnection:
         self.helo = None
         self.extended = False
         self._reset_transaction()
-        self._buf.clear()
         self._ehlo_reply = self._build_ehlo()
         self.state = State.INIT
 
@@ -671,6 +672,11 @@ class ServerConnection:
                 self._line_start = False
             return False
         lf = buf.rfind(b"\n")
+        if self._normalize:
+            # A bare CR ends a line as well (it becomes CRLF); a CR at the very end may still
+            # be the first half of a CRLF. Cutting here keeps the unfinished line, and so the
+            # length check below, the same however the stream was split into reads.
+            lf = max(lf, buf.rfind(b"\r", 0, len(buf) - 1))
         if lf < 0:
             if len(buf) >= self.limits.max_text_line:
                 self._abort(R_LONG_LINE)
@@ -684,27 +690,26 @@ class ServerConnection:
 
     def _content(self, block: bytes) -> None:
         """Check, unstuff and emit complete lines of DATA content."""
-        line_start = self._line_start
-        self._line_start = True
+        # Only CRLF starts a line for the terminator search: after a bare LF, ".\r\n" must
+        # not end the message, however the bytes were split into reads (CVE-2023-51764).
+        self._line_start = block.endswith(b"\r\n")
         if self._aborted is not None:
             return
         crlf = block.count(b"\r\n")
         if block.count(b"\n") != crlf or block.count(b"\r") != crlf:
             if not self._normalize:
-                self._abort(R_BARE_DATA)
+                self._abort(self._refusal(block))
                 return
             # Rewrite every bare CR or LF to CRLF. The terminator search above ran on the
             # raw bytes, so this can never create an end of data (smuggling defence).
             block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-        if b"\0" in block:
-            self._abort(R_NUL_DATA)
-            return
         limit = self.limits.max_text_line - 1  # the LF is not in the split pieces
-        if len(block) > limit and max(map(len, block.split(b"\n"))) > limit:
-            self._abort(R_LONG_LINE)
+        if b"\0" in block or (len(block) > limit and max(map(len, block.split(b"\n"))) > limit):
+            self._abort(self._refusal(block))
             return
-        # Dot-unstuffing, RFC 5321 §4.5.2.
-        if line_start and block[:1] == b".":
+        # Dot-unstuffing, RFC 5321 §4.5.2. A block always starts a line: the one before it
+        # ended with LF (a bare one only in normalize mode, where it became CRLF).
+        if block[:1] == b".":
             block = block[1:]
         if b"\n." in block:
             block = block.replace(b"\n.", b"\n")
@@ -715,6 +720,24 @@ class ServerConnection:
             return
         if block:
             self._events.append(MessageData(block))
+
+    def _refusal(self, block: bytes) -> Reply:
+        """The reply refusing DATA content `block` (complete lines, normalized if so
+        configured). The first bad line decides, so the reply is the same however the stream
+        was split into reads; within a line, length comes first, because an overlong line is
+        refused before its end arrives."""
+        size = self.transaction.size
+        for line in block[:-1].split(b"\n"):
+            if len(line) >= self.limits.max_text_line:
+                return R_LONG_LINE
+            if not line.endswith(b"\r") or b"\r" in line[:-1]:
+                return R_BARE_DATA
+            if b"\0" in line:
+                return R_NUL_DATA
+            size += len(line) + 1 - line.startswith(b".")
+            if size > self.limits.max_message_size:
+                return R_TOO_BIG
+        return R_BARE_DATA  # not reached: the caller found a bad line
 
     def _abort(self, reply: Reply) -> None:
         if self._aborted is None:
