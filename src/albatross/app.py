@@ -1,0 +1,189 @@
+"""The composition root: builds the MTA from a Config, runs it, and stops it cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from albatross.config import Config
+from albatross.observe import MailLog
+from albatross.server import ServerContext, Session, SessionPolicy
+from albatross.server.tls import self_signed, server_context
+from albatross.smtp.server import Limits
+from albatross.spool import Spool
+
+FLUSH_INTERVAL = 0.2  # mail log batching
+SWEEP_INTERVAL = 1.0  # timeouts and maildrop pickup
+
+
+class App:
+    """One Albatross process: spool, mail log and SMTP listeners."""
+
+    def __init__(self, config: Config, *, out: TextIO | None = None) -> None:
+        self.config = config
+        self.out = out or sys.stdout
+        self.data_dir = Path(config.data_dir)
+        self.log: MailLog | None = None
+        self.spool: Spool | None = None
+        self.ctx: ServerContext | None = None
+        self.servers: list[asyncio.Server] = []
+        self.addresses: list[tuple[str, int]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log_path = cfg.log.file if cfg.log.file.is_absolute() else self.data_dir / cfg.log.file
+        self.log = MailLog(log_path, echo=sys.stderr if cfg.log.stderr else None)
+        self.log.event("starting", data_dir=str(self.data_dir), pid=_pid())
+        self.spool = Spool(self.data_dir, inline_max=cfg.spool.inline_max,
+                           min_free_space=cfg.spool.min_free_space, log=self.log.event)
+        await self.spool.open()
+        cert, key = cfg.tls.cert_file, cfg.tls.key_file
+        if cert is None or key is None:
+            cert, key = await asyncio.to_thread(self_signed, self.data_dir / "tls", cfg.hostname)
+        tls = server_context(cert, key)
+        smtp = cfg.smtp
+        limits = Limits(
+            hostname=cfg.hostname,
+            max_command_line=smtp.max_command_line,
+            max_text_line=smtp.max_text_line,
+            max_message_size=smtp.max_message_size,
+            max_recipients=smtp.max_recipients,
+            max_errors=smtp.max_errors,
+            bare_line_endings=smtp.bare_line_endings,
+            tls_available=True,
+        )
+        policy = SessionPolicy(
+            local_domains=frozenset(d.lower() for d in cfg.domains.local),
+            trusts=cfg.relay.trusts,
+            max_received=smtp.max_received_headers,
+            max_header_size=smtp.max_header_size,
+        )
+        self.ctx = ServerContext(
+            limits=limits, spool=self.spool, log=self.log, policy=policy,
+            banner=smtp.banner, tls=tls,
+            max_connections=smtp.max_connections, max_per_ip=smtp.max_connections_per_ip,
+            command_timeout=smtp.timeouts.command, data_timeout=smtp.timeouts.data,
+            tls_timeout=smtp.timeouts.tls_handshake,
+        )
+        loop = asyncio.get_running_loop()
+        ctx = self.ctx
+        for host, port in smtp.listen_addresses:
+            bind: str | None = None if host in ("*", "") else host
+            server = await loop.create_server(lambda: Session(ctx), bind, port,
+                                              reuse_address=True, backlog=1024)
+            self.servers.append(server)
+            for sock in server.sockets:
+                name = sock.getsockname()
+                self.addresses.append((str(name[0]), int(name[1])))
+                self.log.event("listening", address=f"{name[0]}:{name[1]}")
+        self._tasks.append(loop.create_task(self._flush_log()))
+        self._tasks.append(loop.create_task(self._sweep()))
+        listening = ", ".join(_fmt(h, p) for h, p in self.addresses)
+        print(f"albatross: listening on {listening}", file=self.out, flush=True)
+        print(f"albatross: data in {self.data_dir} (queue {self.data_dir / 'queue.db'}, "
+              f"log {log_path})", file=self.out, flush=True)
+
+    async def _flush_log(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            if self.log is not None:
+                self.log.flush()
+
+    async def _sweep(self) -> None:
+        """Once a second: close sessions that timed out, import sendmail's maildrop."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = time.monotonic()
+            if self.ctx is not None:
+                for s in list(self.ctx.sessions):
+                    s.check_timeout(now)
+            if self.spool is not None:
+                try:
+                    await self.spool.pickup()
+                except Exception as exc:  # keep sweeping; the file stays for next time
+                    if self.log is not None:
+                        self.log.event("error", where="pickup", error=repr(exc))
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let open sessions finish for `grace` seconds, tempfail the rest,
+        drain pending commits and close the spool."""
+        if grace is None:
+            grace = self.config.smtp.timeouts.shutdown_grace
+        if self.log is not None:
+            self.log.event("stopping", pid=_pid())
+        for server in self.servers:
+            server.close()
+        ctx = self.ctx
+        if ctx is not None:
+            ctx.shutting_down = True
+            for s in list(ctx.sessions):
+                s._flush()  # idle sessions get 421 now
+            deadline = time.monotonic() + grace
+            while ctx.sessions and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            for s in list(ctx.sessions):
+                s.force_close()
+            # Let in-flight commits resolve so their clients get their 250.
+            for _ in range(100):
+                if not any(s._committing for s in ctx.sessions):
+                    break
+                await asyncio.sleep(0.05)
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2)
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self.spool is not None:
+            await self.spool.close()
+        if self.log is not None:
+            self.log.flush()
+            self.log.close()
+        self._stopped.set()
+
+    async def run(self) -> None:
+        """Start, then serve until SIGTERM or SIGINT."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        print("albatross: stopping", file=self.out, flush=True)
+        await self.stop()
+
+
+def _fmt(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def run(config: Config) -> int:
+    """Run the daemon in the foreground, on uvloop when it is installed (set
+    ALBATROSS_EVENT_LOOP=asyncio to use the standard loop, as the tests do for debug mode)."""
+    app = App(config)
+    uvloop = None
+    if os.environ.get("ALBATROSS_EVENT_LOOP", "auto") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            uvloop = None
+    if uvloop is not None:
+        uvloop.run(app.run())
+    else:
+        asyncio.run(app.run())
+    return 0
