@@ -56,11 +56,12 @@ class Daemon:
     host: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = None
     output: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=daemon_env)
 
     def start(self, timeout: float = 20.0) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "albatross", "serve", "--config", str(self.config)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=daemon_env(),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env,
             start_new_session=True)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
@@ -139,3 +140,6 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     finally:
         d.stop()
         d.kill()
+    output = "".join(d.output)
+    assert "Traceback" not in output, output
+    assert not d.slow_callbacks(), d.slow_callbacks()

@@ -332,3 +332,27 @@ def test_asyncio_loop_not_blocked(daemon: Daemon) -> None:
     assert len(daemon.ids()) == 40
     daemon.stop()
     assert not daemon.slow_callbacks(), daemon.slow_callbacks()
+
+
+def test_on_uvloop(tmp_path: Path) -> None:
+    """Production runs on uvloop when installed; the tests above use the standard loop for
+    its debug mode, so the same session paths run here on uvloop."""
+    pytest.importorskip("uvloop")
+    d = make_daemon(tmp_path)
+    d.env["ALBATROSS_EVENT_LOOP"] = "auto"
+    d.env.pop("PYTHONASYNCIODEBUG", None)
+    d.start()
+    try:
+        with smtplib.SMTP(d.host, d.port, timeout=10) as s:
+            s.ehlo("client.example")
+            assert s.sendmail("alice@example.org", ["bob@localhost"], MSG) == {}
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            s.starttls(context=ctx)
+            s.ehlo("client.example")
+            assert s.sendmail("alice@example.org", ["bob@localhost"], MSG) == {}
+        assert len(d.ids()) == 2
+    finally:
+        assert d.stop() == 0
+    assert "Traceback" not in "".join(d.output), "".join(d.output)

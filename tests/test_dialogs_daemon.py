@@ -24,6 +24,7 @@ def daemons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[object, D
         d.stop()
         d.kill()
         assert not d.slow_callbacks(), d.slow_callbacks()
+        assert "Traceback" not in "".join(d.output), "".join(d.output)
 
 
 def daemon_for(d: Dialog, daemons: dict[object, Daemon], base: Path) -> Daemon:

@@ -138,8 +138,7 @@ class Session(asyncio.Protocol):
     # --- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         ctx = self.ctx
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer_ip, self.peer_port = str(peer[0]), int(peer[1])
