@@ -1,0 +1,1 @@
+"""Routing: address normalisation, local submission, and (later) local vs remote and aliases."""
