@@ -126,3 +126,27 @@ class Envelope:
             arrival=float(rec.get("arrival", 0.0)),
             source=str(rec.get("source", "smtp")),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one recipient in one delivery attempt. Couriers return one per recipient.
+
+    `status` is "delivered", "deferred" (try again later) or "bounced" (permanent failure).
+    `reply` is the remote server's reply when there was one, otherwise a reply Albatross
+    made up to describe the failure (a DNS error, a refused connection...). `category` says
+    why, in one word an operator can grep for: "ok", "dns", "connect", "tls", "protocol",
+    "policy" (the receiver refused), "size", "utf8", "loop", "local", "timeout".
+    """
+
+    recipient: str
+    status: str
+    reply: Reply
+    category: str = "ok"
+    remote_host: str | None = None
+    remote_ip: str | None = None
+    tls: str | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status != "deferred"
