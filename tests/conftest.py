@@ -119,7 +119,10 @@ class Daemon:
                 if "Executing" in line and "took" in line]
 
 
-def make_daemon(base: Path, smtp: dict[str, object] | None = None, extra: str = "") -> Daemon:
+def make_daemon(base: Path, smtp: dict[str, object] | None = None, extra: str = "",
+                deliver: bool = False) -> Daemon:
+    """A daemon on a free port. Unless `deliver`, it only receives ([queue] deliver = false),
+    so tests can look at what was stored."""
     port = free_port()
     data_dir = base / "data"
     cfg = base / "albatross.toml"
@@ -127,6 +130,11 @@ def make_daemon(base: Path, smtp: dict[str, object] | None = None, extra: str = 
              f'listen = ["127.0.0.1:{port}"]']
     for key, value in (smtp or {}).items():
         lines.append(f"{key} = {toml_value(value)}")
+    if "[queue]" not in extra:
+        extra += f"\n[queue]\ndeliver = {'true' if deliver else 'false'}\n"
+    if "[local]" not in extra:
+        # Tests send to any user at localhost; unknown users have their own test.
+        extra += '\n[local]\ncatch_all = "postmaster"\n'
     cfg.write_text("\n".join(lines) + "\n" + extra, "utf-8")
     return Daemon(data_dir=data_dir, config=cfg, port=port)
 

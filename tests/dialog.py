@@ -26,7 +26,8 @@ DIALOGS = Path(__file__).parent / "dialogs"
 
 
 def unescape(text: str) -> bytes:
-    return codecs.escape_decode(text.encode("utf-8"))[0]  # type: ignore[no-any-return]
+    decoded: bytes = codecs.escape_decode(text.encode("utf-8"))[0]
+    return decoded
 
 
 @dataclass
@@ -92,7 +93,7 @@ def all_dialogs() -> list[Dialog]:
 
 def split_replies(buf: bytearray) -> list[str]:
     """Take complete replies off the front of `buf`; each is its first line, '-' -> ' '."""
-    out = []
+    out: list[str] = []
     while True:
         first = None
         pos = 0

@@ -437,7 +437,7 @@ def test_several_problems_reported_at_once_in_line_order(in_tmp: Path) -> None:
         ("[log]\ninline = { a = 1 }", "log.inline", 2, "unknown table"),
         ("colour = 'blue'", "colour", 1, "unknown key"),
         ('"data dir" = "x"', '"data dir"', 1, "unknown key; did you mean 'data_dir'?"),
-        ("[[queue]]\nx = 1", "queue", 1, "unknown table"),
+        ("[[zebra]]\nx = 1", "zebra", 1, "unknown table"),
     ],
 )
 def test_unknown_keys_and_tables(

@@ -30,7 +30,10 @@ def make_limits(d: Dialog) -> Limits:
             continue
         if key not in LIMIT_FIELDS:
             pytest.skip(f"setting {key} is not a protocol limit")
-        kwargs[key] = value.strip('"') if not value.isdigit() else int(value)
+        if value in ("true", "false"):
+            kwargs[key] = value == "true"
+        else:
+            kwargs[key] = value.strip('"') if not value.isdigit() else int(value)
     return Limits(**kwargs)  # type: ignore[arg-type]
 
 

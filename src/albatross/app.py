@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import TextIO
 
 from albatross.config import Config
+from albatross.delivery import Courier
+from albatross.delivery.maildir import MaildirCourier
+from albatross.model import Envelope, Recipient
 from albatross.observe import MailLog
+from albatross.routing.local import LocalMailboxes
+from albatross.scheduler import Route, Scheduler, SchedulerSettings
 from albatross.server import ServerContext, Session, SessionPolicy
 from albatross.server.tls import self_signed, server_context
 from albatross.smtp.server import Limits
@@ -32,6 +37,11 @@ class App:
         self.log: MailLog | None = None
         self.spool: Spool | None = None
         self.ctx: ServerContext | None = None
+        self.scheduler: Scheduler | None = None
+        self.mailboxes = LocalMailboxes(
+            domains=frozenset(d.lower() for d in config.domains.local),
+            users=frozenset(config.local.users), catch_all=config.local.catch_all,
+            delimiter=config.local.recipient_delimiter)
         self.servers: list[asyncio.Server] = []
         self.addresses: list[tuple[str, int]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -46,8 +56,9 @@ class App:
         self.spool = Spool(self.data_dir, inline_max=cfg.spool.inline_max,
                            min_free_space=cfg.spool.min_free_space, log=self.log.event)
         await self.spool.open()
-        cert, key = cfg.tls.cert_file, cfg.tls.key_file
-        if cert is None or key is None:
+        if cfg.tls.cert_file is not None and cfg.tls.key_file is not None:
+            cert, key = cfg.tls.cert_file, cfg.tls.key_file
+        else:
             cert, key = await asyncio.to_thread(self_signed, self.data_dir / "tls", cfg.hostname)
         tls = server_context(cert, key)
         smtp = cfg.smtp
@@ -61,9 +72,11 @@ class App:
             bare_line_endings=smtp.bare_line_endings,
             tls_available=True,
         )
+        self.scheduler = self._build_scheduler()
         policy = SessionPolicy(
-            local_domains=frozenset(d.lower() for d in cfg.domains.local),
+            local_domains=self.mailboxes.domains,
             trusts=cfg.relay.trusts,
+            mailbox=self.mailboxes.mailbox,
             max_received=smtp.max_received_headers,
             max_header_size=smtp.max_header_size,
         )
@@ -73,6 +86,7 @@ class App:
             max_connections=smtp.max_connections, max_per_ip=smtp.max_connections_per_ip,
             command_timeout=smtp.timeouts.command, data_timeout=smtp.timeouts.data,
             tls_timeout=smtp.timeouts.tls_handshake,
+            on_queued=self.scheduler.wake,
         )
         loop = asyncio.get_running_loop()
         ctx = self.ctx
@@ -85,12 +99,40 @@ class App:
                 name = sock.getsockname()
                 self.addresses.append((str(name[0]), int(name[1])))
                 self.log.event("listening", address=f"{name[0]}:{name[1]}")
+        if cfg.queue.deliver:
+            self.scheduler.start()
         self._tasks.append(loop.create_task(self._flush_log()))
         self._tasks.append(loop.create_task(self._sweep()))
         listening = ", ".join(_fmt(h, p) for h, p in self.addresses)
         print(f"albatross: listening on {listening}", file=self.out, flush=True)
         print(f"albatross: data in {self.data_dir} (queue {self.data_dir / 'queue.db'}, "
               f"log {log_path})", file=self.out, flush=True)
+
+    def _couriers(self) -> dict[str, Courier]:
+        return {"local": MaildirCourier(self.data_dir / "mail", self.mailboxes.mailbox,
+                                        hostname=self.config.hostname)}
+
+    def route(self, recipient: Recipient, envelope: Envelope) -> Route:
+        """Transport choice: local domains to Maildir, everything else by SMTP."""
+        domain = recipient.domain
+        if not domain or self.mailboxes.is_local(domain):
+            return Route("local", "local")
+        return Route("smtp", domain)
+
+    def _build_scheduler(self) -> Scheduler:
+        from albatross import bounce
+
+        cfg = self.config
+        q = cfg.queue
+        settings = SchedulerSettings(
+            min_backoff=q.min_backoff, max_backoff=q.max_backoff, lifetime=q.lifetime,
+            delay_warning=q.delay_warning, max_active=q.max_active,
+            concurrency=q.concurrency, rate=q.rate, reporting_mta=cfg.hostname,
+            postmaster=f"postmaster@{cfg.domains.local[0] if cfg.domains.local else cfg.hostname}",
+            max_returned=q.max_returned)
+        assert self.spool is not None and self.log is not None
+        return Scheduler(self.spool, self._couriers(), self.route, settings=settings,
+                         log=self.log.event, dsn=bounce.build_dsn)
 
     async def _flush_log(self) -> None:
         while True:
@@ -108,7 +150,8 @@ class App:
                     s.check_timeout(now)
             if self.spool is not None:
                 try:
-                    await self.spool.pickup()
+                    if await self.spool.pickup() and self.scheduler is not None:
+                        self.scheduler.wake()
                 except Exception as exc:  # keep sweeping; the file stays for next time
                     if self.log is not None:
                         self.log.event("error", where="pickup", error=repr(exc))
@@ -140,6 +183,8 @@ class App:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
+        if self.scheduler is not None:
+            await self.scheduler.stop(grace)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -176,14 +221,13 @@ def run(config: Config) -> int:
     """Run the daemon in the foreground, on uvloop when it is installed (set
     ALBATROSS_EVENT_LOOP=asyncio to use the standard loop, as the tests do for debug mode)."""
     app = App(config)
-    uvloop = None
     if os.environ.get("ALBATROSS_EVENT_LOOP", "auto") != "asyncio":
         try:
             import uvloop
         except ImportError:
-            uvloop = None
-    if uvloop is not None:
-        uvloop.run(app.run())
-    else:
-        asyncio.run(app.run())
+            pass
+        else:
+            uvloop.run(app.run())
+            return 0
+    asyncio.run(app.run())
     return 0

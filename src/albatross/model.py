@@ -53,16 +53,32 @@ class Recipient:
     address: str
     notify: str | None = None
     orcpt: str | None = None
-    state: str = "pending"
+    state: str = "pending"  # pending, delivered, bounced, expired, deleted
+    reply: str | None = None  # the last reply about this recipient, as one line
+    remote: str | None = None  # the host that gave it
+    updated: float = 0.0
+
+    @property
+    def is_final(self) -> bool:
+        return self.state != "pending"
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2].lower()
 
     def to_record(self) -> dict[str, Any]:
-        return {"address": self.address, "notify": self.notify, "orcpt": self.orcpt,
-                "state": self.state}
+        rec: dict[str, Any] = {"address": self.address, "notify": self.notify,
+                               "orcpt": self.orcpt, "state": self.state}
+        if self.reply is not None:
+            rec.update(reply=self.reply, remote=self.remote, updated=self.updated)
+        return rec
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Recipient:
         return cls(address=str(rec["address"]), notify=rec.get("notify"),
-                   orcpt=rec.get("orcpt"), state=str(rec.get("state", "pending")))
+                   orcpt=rec.get("orcpt"), state=str(rec.get("state", "pending")),
+                   reply=rec.get("reply"), remote=rec.get("remote"),
+                   updated=float(rec.get("updated", 0.0)))
 
 
 @dataclass(slots=True)

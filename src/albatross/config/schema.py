@@ -183,6 +183,77 @@ class DomainsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LocalConfig:
+    """Local mailboxes: the users of the local domains, delivered to Maildir folders under
+    data_dir/mail/<user>/Maildir."""
+
+    users: tuple[str, ...] = field(default=("postmaster",), metadata={
+        "kind": values.MAILBOXES,
+        "doc": "Mailboxes that exist in every local domain. Mail for anyone else in a local "
+               "domain is refused at RCPT with 550 5.1.1, unless catch_all is set. "
+               "Addresses compare case-insensitively.",
+    })
+    catch_all: str = field(default="", metadata={
+        "kind": values.OPTIONAL_MAILBOX,
+        "doc": 'Mailbox that receives mail for unknown local users; "" refuses it.',
+    })
+    recipient_delimiter: str = field(default="+", metadata={
+        "kind": values.DELIMITER,
+        "doc": "Separates a user from a tag: alice+lists@ is delivered to alice. "
+               '"" turns subaddressing off.',
+    })
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueConfig:
+    """Retry timing, expiry, delay warnings and per-destination limits."""
+
+    deliver: bool = field(default=True, metadata={
+        "kind": values.BOOLEAN,
+        "doc": "false accepts and queues mail but delivers nothing (maintenance, or a "
+               "receive-only benchmark); the queue keeps every message until it is true "
+               "again.",
+    })
+    min_backoff: float = field(default=300.0, metadata={
+        "kind": values.duration(),
+        "doc": "Wait after the first failed attempt; each further failure doubles it "
+               "(with random spread of 20%) up to max_backoff.",
+    })
+    max_backoff: float = field(default=4000.0, metadata={
+        "kind": values.duration(),
+        "doc": "Longest wait between two attempts (Postfix uses the same 4000 s).",
+    })
+    lifetime: float = field(default=5 * 86400.0, metadata={
+        "kind": values.duration(),
+        "doc": "How long a message may wait in the queue before its remaining recipients "
+               "are bounced as expired (status 4.4.7).",
+    })
+    delay_warning: float = field(default=4 * 3600.0, metadata={
+        "kind": values.duration(positive=False),
+        "doc": "After this long undelivered, the sender gets one delay warning (for "
+               "recipients whose NOTIFY allows it); 0 never warns.",
+    })
+    max_active: int = field(default=5000, metadata={
+        "kind": values.integer(minimum=1),
+        "doc": "Messages being delivered at once (held in memory); the rest wait in the "
+               "queue database.",
+    })
+    concurrency: int = field(default=20, metadata={
+        "kind": values.integer(minimum=1),
+        "doc": "Deliveries in progress at once to one destination domain.",
+    })
+    rate: float = field(default=0.0, metadata={
+        "kind": values.number(0),
+        "doc": "Messages per minute to one destination domain; 0 is unlimited.",
+    })
+    max_returned: int = field(default=100 << 10, metadata={
+        "kind": values.size(minimum=1),
+        "doc": "A bounce returns the whole original message up to this size, and only its "
+               "headers above it.",
+    })
+
+
+@dataclass(frozen=True, kw_only=True)
 class RelayConfig:
     """Who may send mail through this server to domains that are not ours."""
 
@@ -252,6 +323,12 @@ class Config:
     })
     relay: RelayConfig = field(default_factory=RelayConfig, metadata={
         "table": RelayConfig, "doc": RelayConfig.__doc__,
+    })
+    local: LocalConfig = field(default_factory=LocalConfig, metadata={
+        "table": LocalConfig, "doc": LocalConfig.__doc__,
+    })
+    queue: QueueConfig = field(default_factory=QueueConfig, metadata={
+        "table": QueueConfig, "doc": QueueConfig.__doc__,
     })
     log: LogConfig = field(default_factory=LogConfig, metadata={
         "table": LogConfig, "doc": LogConfig.__doc__,

@@ -354,3 +354,53 @@ def _parse_path(raw: Any) -> Path:
 
 
 PATH: Kind[Path] = Kind("path", _parse_path, lambda v: toml_string(str(v)))
+
+
+# --- local mailboxes -------------------------------------------------------------------
+
+_MAILBOX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def _parse_mailbox(raw: Any) -> str:
+    # Mailbox names become directory names under data_dir/mail: a safe, lower-case set.
+    if (not isinstance(raw, str) or not raw or raw[0] == "." or len(raw) > 64
+            or not set(raw) <= _MAILBOX_CHARS):
+        raise Invalid("must be a mailbox name of lower-case letters, digits, '.', '_' and "
+                      f"'-' (not starting with '.'), got {shown(raw)}")
+    return raw
+
+
+def _parse_mailboxes(raw: Any) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_each(raw, "mailbox names", _parse_mailbox)))
+
+
+MAILBOXES: Kind[tuple[str, ...]] = Kind("list of mailbox names", _parse_mailboxes, _show_list)
+
+
+def _parse_optional_mailbox(raw: Any) -> str:
+    if raw == "":
+        return ""
+    return _parse_mailbox(raw)
+
+
+OPTIONAL_MAILBOX: Kind[str] = Kind('mailbox name or ""', _parse_optional_mailbox, toml_string)
+
+
+def _parse_delimiter(raw: Any) -> str:
+    if not isinstance(raw, str) or len(raw) > 1 or (raw and raw in "@\"\\ .<>"):
+        raise Invalid(f'must be one character such as "+" or "-", or "", got {shown(raw)}')
+    return raw
+
+
+DELIMITER: Kind[str] = Kind("one character, or empty", _parse_delimiter, toml_string)
+
+
+def number(minimum: float = 0.0) -> Kind[float]:
+    def parse(raw: Any) -> float:
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or raw != raw:
+            raise Invalid(f"must be a number >= {minimum:g}, got {shown(raw)}")
+        if raw < minimum or raw == float("inf"):
+            raise Invalid(f"must be a finite number >= {minimum:g}, got {shown(raw)}")
+        return float(raw)
+
+    return Kind(f"number >= {minimum:g}", parse, lambda v: f"{v:g}")

@@ -29,19 +29,18 @@ EVENTS: frozenset[str] = frozenset({
     "connect", "helo", "tls", "auth", "reject", "queued", "disconnect",
     # the local submission path and the spool
     "pickup", "pickup-deferred", "spool-recovered", "quarantined",
+    # delivery
+    "attempt", "delivered", "deferred", "bounced", "expired", "dsn-sent", "deleted",
     # anything that went wrong and is not one of the above
     "error",
 })
 
-# Documented in docs/mail-log.md and taken by the delivery milestone; not accepted yet, so
-# nobody logs them before their fields are settled.
-RESERVED_EVENTS: frozenset[str] = frozenset({
-    "attempt", "delivered", "deferred", "bounced", "expired", "dsn-sent",
-})
-
 # Events that always concern one stored message: a line without its queue id could not be
 # tied to the message it describes, which is the whole point of the log.
-QID_REQUIRED: frozenset[str] = frozenset({"queued", "pickup", "quarantined"})
+QID_REQUIRED: frozenset[str] = frozenset({
+    "queued", "pickup", "quarantined", "attempt", "delivered", "deferred", "bounced", "expired",
+    "dsn-sent", "deleted",
+})
 
 # The pseudo-event read() reports for a line that is not a JSON object with an event.
 UNPARSABLE = "unparsable"

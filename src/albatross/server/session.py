@@ -41,6 +41,7 @@ R_SHUTDOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 R_TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded, closing connection")
 R_NO_SPACE = Reply(452, "4.3.1", "Insufficient system storage, try again later")
 R_RELAY_DENIED = Reply(554, "5.7.1", "Error: relay access denied")
+R_NO_USER = Reply(550, "5.1.1", "Error: no such user here")
 R_LOOP = Reply(554, "5.4.6", "Error: too many Received headers, mail loop detected")
 R_HEADER_TOO_BIG = Reply(552, "5.3.4", "Error: message header block too large")
 R_STORE_FAILED = Reply(451, "4.3.0", "Error: could not store the message, try again later")
@@ -55,6 +56,7 @@ class SessionPolicy:
 
     local_domains: frozenset[str]
     trusts: Callable[[str], bool]  # is this client address in a trusted network?
+    mailbox: Callable[[str], str | None] = lambda address: None  # local user lookup
     max_received: int = 50
     max_header_size: int = 1 << 20
 
@@ -86,6 +88,7 @@ class ServerContext:
     sessions: set[Session] = field(default_factory=set)
     per_ip: dict[str, int] = field(default_factory=dict)
     shutting_down: bool = False
+    on_queued: Callable[[], None] = lambda: None  # tell the scheduler new mail is due
     ids: Callable[[], int] = field(default_factory=lambda: itertools.count(1).__next__)
 
 
@@ -281,9 +284,17 @@ class Session(asyncio.Protocol):
     def _on_rcpt(self, ev: RcptTo) -> None:
         rcpt = ev.recipient
         pol = self.ctx.policy
-        # No open relay (ARCHITECTURE.md): mail for others' domains only from trusted
-        # networks until authentication arrives (issue 4).
-        if rcpt.domain == "" or pol.is_local(rcpt.domain) or pol.is_trusted(self.peer_ip):
+        if rcpt.domain == "":  # <Postmaster>, always accepted (RFC 5321 §4.1.1.3)
+            self.conn.accept()
+        elif pol.is_local(rcpt.domain):
+            address = str(rcpt)
+            if rcpt.local.lower() == "postmaster" or pol.mailbox(address) is not None:
+                self.conn.accept()
+            else:
+                self._reject("rcpt", R_NO_USER, recipient=address)
+        elif pol.is_trusted(self.peer_ip):
+            # No open relay (ARCHITECTURE.md): mail for others' domains only from trusted
+            # networks until authentication arrives (issue 4).
             self.conn.accept()
         else:
             self._reject("rcpt", R_RELAY_DENIED, recipient=str(rcpt))
@@ -434,6 +445,7 @@ class Session(asyncio.Protocol):
         self.ctx.log.event("queued", qid=qid, session=self.sid, client=self.peer_ip,
                            sender=env.sender, recipients=[r.address for r in env.recipients],
                            size=writer.size, tls=self.tls_info)
+        self.ctx.on_queued()
         return Reply(250, "2.0.0", f"Ok: queued as {qid}")
 
     def _drop_message(self) -> None:
@@ -464,7 +476,7 @@ class Session(asyncio.Protocol):
             return
         if new is None:
             return
-        self.transport = new  # type: ignore[assignment]
+        self.transport = new
         self.tls_info = describe(new.get_extra_info("ssl_object"))
         ctx.log.event("tls", session=self.sid, client=self.peer_ip, ok=True, tls=self.tls_info)
         conn.tls_established()

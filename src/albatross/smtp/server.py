@@ -216,7 +216,8 @@ class ServerConnection:
         self._aborted: Reply | None = None
         self._line_start = True
         self._line_len = 0  # BDAT: length of the current, unfinished line
-        self._prev_cr = False  # BDAT: the previous piece ended with CR
+        self._line_flaw: Reply | None = None  # BDAT: bare CR/LF or NUL in that line
+        self._prev_cr = False  # BDAT: the previous piece ended with CR, held back
         self._chunk_left = 0
         self._chunk_last = False
         self._chunk_ok = False  # is this BDAT chunk part of a valid transaction?
@@ -312,7 +313,9 @@ class ServerConnection:
                 self.state = State.TLS
                 return
         elif isinstance(ev, MessageEnd):
-            self._reset_transaction()
+            # The transaction ended with its message (stored or refused): no Reset event,
+            # which means "ended without a message".
+            self.transaction = Transaction()
             self.state = State.READY
         self._send(reply)
 
@@ -600,6 +603,7 @@ class ServerConnection:
             tr.chunking = True
             tr.size = 0
             self._line_len = 0
+            self._line_flaw = None
             self._prev_cr = False
             self._events.append(MessageStart(chunking=True))
         self.state = State.BDAT
@@ -779,8 +783,8 @@ class ServerConnection:
             return True
         self.state = State.MAIL
         tr = self.transaction
-        if self._chunk_last and self._prev_cr and not self._normalize and self._aborted is None:
-            self._abort(R_BARE_DATA)
+        if self._chunk_last and self._aborted is None:
+            self._last_line()
         if self._aborted is not None:
             # RFC 3030 §3: a failed chunk fails the transaction; later chunks get 503.
             reply = self._aborted
@@ -791,61 +795,111 @@ class ServerConnection:
             self._send(reply)
             return True
         if self._chunk_last:
-            if self._prev_cr:  # normalize mode: a held-back final CR becomes a line end
-                self._events.append(MessageData(b"\r\n"))
-                self._prev_cr = False
             self._events.append(MessageEnd())
         else:
-            self._send(Reply(250, "2.0.0", f"{tr.size} octets received"))
+            received = tr.size + self._prev_cr  # the held-back CR was received too
+            self._send(Reply(250, "2.0.0", f"{received} octets received"))
         return True
 
     def _chunk_content(self, piece: bytes) -> None:
         tr = self.transaction
-        binary = tr.params is not None and tr.params.body == "BINARYMIME"
-        if not binary:
-            joined = b"\r" + piece if self._prev_cr else piece
-            ends_cr = joined.endswith(b"\r")
-            crlf = joined.count(b"\r\n")
-            bare = (joined.count(b"\n") != crlf
-                    or joined.count(b"\r") - crlf - (1 if ends_cr else 0) != 0)
-            if bare:
-                if not self._normalize:
-                    self._abort(R_BARE_DATA)
-                    return
-                body = joined[:-1] if ends_cr else joined
-                piece = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(
-                    b"\n", b"\r\n")
-            elif self._normalize:
-                piece = joined[:-1] if ends_cr else joined
-            self._prev_cr = ends_cr
-            if b"\0" in piece:
-                self._abort(R_NUL_DATA)
-                return
-            # Line length across chunk boundaries.
-            limit = self.limits.max_text_line
-            lf = piece.find(b"\n")
-            if lf < 0:
-                self._line_len += len(piece)
-            else:
-                first = self._line_len + lf + 1
-                last_lf = piece.rfind(b"\n")
-                longest = first
-                if last_lf != lf:
-                    longest = max(first, max(map(len, piece[lf + 1 : last_lf].split(b"\n")))
-                                  + 1)
-                self._line_len = len(piece) - last_lf - 1
-                if longest > limit:
-                    self._abort(R_LONG_LINE)
-                    return
-            if self._line_len >= limit:
-                self._abort(R_LONG_LINE)
-                return
-        tr.size += len(piece)
-        if tr.size > self.limits.max_message_size:
-            self._abort(R_TOO_BIG)
+        if tr.params is not None and tr.params.body == "BINARYMIME":
+            # RFC 3030 §3: binary content has no lines; only its size is checked.
+            tr.size += len(piece)
+            if tr.size > self.limits.max_message_size:
+                self._abort(R_TOO_BIG)
+            elif piece:
+                self._events.append(MessageData(piece))
             return
-        if piece:
-            self._events.append(MessageData(piece))
+        # A CR at the end of a piece may be the first half of a CRLF cut by a read or a
+        # chunk boundary: it is judged, and passed on, with the next piece.
+        text = b"\r" + piece if self._prev_cr else piece
+        self._prev_cr = text.endswith(b"\r")
+        if self._prev_cr:
+            text = text[:-1]
+        crlf = text.count(b"\r\n")
+        bare = text.count(b"\n") != crlf or text.count(b"\r") != crlf
+        if bare and self._normalize:
+            text = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+            bare = False
+        if not self._check_lines(text, bare):
+            return
+        tr.size += len(text)
+        if text:
+            self._events.append(MessageData(text))
+
+    def _check_lines(self, text: bytes, bare: bool) -> bool:
+        """Check the lines of BDAT content `text`, which continues the current line. Lines
+        cross piece and chunk boundaries, so the state of the unfinished line is carried
+        over. As with DATA (see _refusal), the first bad line decides the reply, so that it
+        does not depend on how the stream was split; the size is checked at line ends."""
+        limit = self.limits.max_text_line
+        size = self.transaction.size
+        first = text.find(b"\n")
+        if not bare and self._line_flaw is None and b"\0" not in text:
+            # Fast path: nothing wrong but perhaps the lengths.
+            if first < 0:
+                self._line_len += len(text)
+                if self._line_len >= limit:
+                    self._abort(R_LONG_LINE)
+                    return False
+                return True
+            last = text.rfind(b"\n")
+            longest = self._line_len + first + 1
+            if last != first:
+                longest = max(longest, max(map(len, text[first + 1 : last].split(b"\n"))) + 1)
+            rest = len(text) - last - 1
+            if (longest <= limit and rest < limit
+                    and size + last + 1 <= self.limits.max_message_size):
+                self._line_len = rest
+                return True
+        lines = text.split(b"\n")
+        for line in lines[:-1]:
+            length = self._line_len + len(line) + 1
+            size += len(line) + 1
+            flaw = self._line_flaw
+            if not line.endswith(b"\r") or b"\r" in line[:-1]:
+                flaw = R_BARE_DATA
+            elif b"\0" in line and flaw is None:
+                flaw = R_NUL_DATA
+            self._line_len = 0
+            self._line_flaw = None
+            reply = (R_LONG_LINE if length > limit else flaw if flaw is not None
+                     else R_TOO_BIG if size > self.limits.max_message_size else None)
+            if reply is not None:
+                self._abort(reply)
+                return False
+        tail = lines[-1]
+        self._line_len += len(tail)
+        if b"\r" in tail:  # a final CR was held back, so this one is bare
+            self._line_flaw = R_BARE_DATA
+        elif b"\0" in tail and self._line_flaw is None:
+            self._line_flaw = R_NUL_DATA
+        if self._line_len >= limit:
+            self._abort(R_LONG_LINE)
+            return False
+        return True
+
+    def _last_line(self) -> None:
+        """End of BDAT LAST: judge the final line, which needs no line end (RFC 3030 §2)."""
+        tr = self.transaction
+        if tr.params is not None and tr.params.body == "BINARYMIME":
+            return
+        flaw = self._line_flaw
+        if self._prev_cr:
+            self._prev_cr = False
+            if not self._normalize:
+                flaw = R_BARE_DATA
+            elif self._line_len + 2 <= self.limits.max_text_line:
+                # A final bare CR becomes a line end, like any other in normalize mode.
+                tr.size += 2
+                self._events.append(MessageData(b"\r\n"))
+            else:
+                flaw = R_LONG_LINE
+        if flaw is not None:
+            self._abort(flaw)
+        elif tr.size > self.limits.max_message_size:
+            self._abort(R_TOO_BIG)
 
 
 _COMMANDS = {

@@ -8,13 +8,15 @@ from albatross.spool.ids import IdSource, is_valid_id
 from albatross.spool.maildrop import deposit
 from albatross.spool.message import MessageWriter
 from albatross.spool.recovery import RecoveryReport
-from albatross.spool.store import Spool
+from albatross.spool.store import QueueEntry, Schedule, Spool
 
 __all__ = [
     "CommitStats",
     "IdSource",
     "MessageWriter",
+    "QueueEntry",
     "RecoveryReport",
+    "Schedule",
     "Spool",
     "deposit",
     "is_valid_id",

@@ -47,6 +47,21 @@ class CommitJob:
 
 
 @dataclass(frozen=True, slots=True)
+class UpdateJob:
+    """Changes to stored messages (schedule, envelope state, removal), committed in the same
+    batches as new messages. `unlink` names body files to delete once the change is durable
+    (a crash before that leaves an orphan file, which recovery removes)."""
+
+    qid: str
+    statements: tuple[tuple[str, tuple[object, ...]], ...]
+    unlink: tuple[Path, ...]
+    future: asyncio.Future[None]
+
+
+Job = CommitJob | UpdateJob
+
+
+@dataclass(frozen=True, slots=True)
 class CommitStats:
     """Counters for tests and metrics: how well commits are being grouped."""
 
@@ -92,7 +107,7 @@ class CommitThread:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, job: CommitJob) -> None:
+    def submit(self, job: Job) -> None:
         self._queue.put(job)
 
     def stop(self) -> None:
@@ -111,8 +126,8 @@ class CommitThread:
                 item = self._queue.get()
                 if item is _STOP:
                     break
-                assert isinstance(item, CommitJob)
-                batch = [item]
+                assert isinstance(item, CommitJob | UpdateJob)
+                batch: list[Job] = [item]
                 while len(batch) < self._batch_cap:
                     try:
                         item = self._queue.get_nowait()
@@ -121,7 +136,7 @@ class CommitThread:
                     if item is _STOP:
                         stopping = True
                         break
-                    assert isinstance(item, CommitJob)
+                    assert isinstance(item, CommitJob | UpdateJob)
                     batch.append(item)
                 try:
                     errors = self._commit_batch(batch)
@@ -140,12 +155,13 @@ class CommitThread:
         finally:
             self._conn.close()
 
-    def _commit_batch(self, batch: list[CommitJob]) -> dict[int, SpoolError]:
+    def _commit_batch(self, batch: list[Job]) -> dict[int, SpoolError]:
         """Store a batch; return the jobs that failed (index -> error)."""
         errors: dict[int, SpoolError] = {}
         placed: dict[int, Path] = {}
         for i, job in enumerate(batch):
-            if job.tmp_path is None or job.body_name is None:
+            if (not isinstance(job, CommitJob) or job.tmp_path is None
+                    or job.body_name is None):
                 continue
             final = self._layout.body_path(job.body_name)
             try:
@@ -181,15 +197,34 @@ class CommitThread:
                     os.unlink(mine)
                 except OSError:
                     pass  # an orphan body is removed by recovery
+        for i in live:
+            job = batch[i]
+            if isinstance(job, UpdateJob) and i not in errors:
+                for path in job.unlink:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass  # an orphan body is removed by recovery
         return errors
 
-    def _insert_rows(self, batch: list[CommitJob], live: list[int],
+    def _insert_rows(self, batch: list[Job], live: list[int],
                      errors: dict[int, SpoolError]) -> None:
         conn = self._conn
         try:
             conn.execute("BEGIN")
             for i in live:
                 job = batch[i]
+                if isinstance(job, UpdateJob):
+                    # A savepoint per job: one bad update fails alone, never its batch.
+                    conn.execute("SAVEPOINT job")
+                    try:
+                        for sql, params in job.statements:
+                            conn.execute(sql, params)
+                    except sqlite3.Error as exc:
+                        conn.execute("ROLLBACK TO job")
+                        errors[i] = SpoolError(f"{job.qid}: cannot update: {exc}")
+                    conn.execute("RELEASE job")
+                    continue
                 try:
                     conn.execute(
                         "INSERT INTO message (id, arrival, size, body, body_file)"
@@ -206,6 +241,9 @@ class CommitThread:
                 except sqlite3.IntegrityError:
                     conn.execute("DELETE FROM message WHERE id = ?", (job.qid,))
                     errors[i] = SpoolError(f"{job.qid}: envelope id already in use")
+                    continue
+                conn.execute("INSERT INTO schedule (id, next_attempt) VALUES (?, ?)",
+                             (job.qid, job.arrival))
             conn.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
             try:

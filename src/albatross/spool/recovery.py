@@ -55,6 +55,7 @@ def recover(layout: Layout, log: LogFn) -> tuple[sqlite3.Connection, RecoveryRep
     try:
         tmp_removed = _clear_tmp(layout)
         orphans, quarantined = _check_rows(conn, layout, log)
+        _check_schedule(conn)
         messages = int(conn.execute("SELECT count(*) FROM message").fetchone()[0])
     except BaseException:
         conn.close()
@@ -226,12 +227,28 @@ def _quarantine(conn: sqlite3.Connection, layout: Layout, item: _BadRow, log: Lo
                 os.rename(path, layout.corrupt / f"{base}.body")
     fsync_dir(layout.corrupt)
     conn.execute("BEGIN")
+    if item.message_seq is not None:
+        conn.execute("DELETE FROM schedule WHERE id = (SELECT id FROM message WHERE seq = ?)",
+                     (item.message_seq,))
     if item.envelope_rowid is not None:
         conn.execute("DELETE FROM envelope WHERE rowid = ?", (item.envelope_rowid,))
     if item.message_seq is not None:
         conn.execute("DELETE FROM message WHERE seq = ?", (item.message_seq,))
     conn.execute("COMMIT")
     log("quarantined", qid=item.qid, reason=item.reason)
+
+
+def _check_schedule(conn: sqlite3.Connection) -> None:
+    """Every message has exactly one schedule row: a message without one (a bug, or a hand
+    edit) becomes due now rather than stranded; a row without a message is dropped; a
+    message claimed by a delivery that a stop or crash cut short is due again."""
+    conn.execute("BEGIN")
+    conn.execute("DELETE FROM schedule WHERE id NOT IN (SELECT id FROM message)")
+    # Nothing is being delivered at start: what was active when we stopped is due again.
+    conn.execute("UPDATE schedule SET state = 'queued' WHERE state = 'active'")
+    conn.execute("INSERT INTO schedule (id, next_attempt) SELECT id, arrival FROM message"
+                 " WHERE id NOT IN (SELECT id FROM schedule)")
+    conn.execute("COMMIT")
 
 
 def _expected_body(qid: str) -> str | None:

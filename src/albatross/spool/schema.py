@@ -1,12 +1,15 @@
 """The queue database format: tables, version and connection settings.
 
-Format version 1 (PRAGMA user_version = 1):
+Format version 2 (PRAGMA user_version = 2; version 1 is upgraded in place on open):
 
 - `message` is written once and never updated: the immutable half. `seq` keeps commit
   order stable across VACUUM; `body` holds the message when it is at most inline_max
   bytes, `body_file` names its spool file otherwise (exactly one of the two is set).
 - `envelope` is the mutable half: the JSON of Envelope.to_record(). It lives in its own
   table so that per-recipient state updates rewrite a few hundred bytes, never the body.
+- `schedule` (version 2) is the scheduler's view: when each message is next due, whether it
+  is held, how many attempts it had and whether a delay warning went out. The index on
+  (state, next_attempt) makes "what is due next" an O(log n) lookup however large the queue.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _DDL = (
     """
@@ -34,6 +37,22 @@ _DDL = (
         record TEXT NOT NULL
     )
     """,
+)
+
+# Version 2: the schedule. Applied to fresh databases and as the upgrade from version 1.
+_DDL_V2 = (
+    """
+    CREATE TABLE schedule (
+        id TEXT PRIMARY KEY REFERENCES message(id),
+        state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'held', 'active')),
+        next_attempt REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        warned INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    )
+    """,
+    "CREATE INDEX schedule_due ON schedule (state, next_attempt)",
+    "INSERT INTO schedule (id, next_attempt) SELECT id, arrival FROM message",
 )
 
 
@@ -70,8 +89,12 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for statement in _DDL:
-            conn.execute(statement)
+        if version < 1:
+            for statement in _DDL:
+                conn.execute(statement)
+        if version < 2:
+            for statement in _DDL_V2:
+                conn.execute(statement)
         conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

@@ -13,13 +13,13 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from albatross.errors import SpoolError
 from albatross.model import Envelope
-from albatross.spool.commit import CommitJob, CommitStats, CommitThread
+from albatross.spool.commit import CommitJob, CommitStats, CommitThread, UpdateJob
 from albatross.spool.ids import IdSource, is_valid_id
 from albatross.spool.layout import Layout, fsync_dir
 from albatross.spool.maildrop import (
@@ -138,12 +138,10 @@ class Spool:
             writer.abort()
             raise SpoolError("spool is not open")
         try:
-            record = envelope.to_record()
-            if not record.get("arrival"):
-                record["arrival"] = time.time()
-            text = json.dumps(record, ensure_ascii=True, separators=(",", ":"),
-                              allow_nan=False)
-            arrival = float(record["arrival"])
+            if not envelope.arrival:
+                envelope.arrival = time.time()
+            text = _envelope_json(envelope)
+            arrival = float(envelope.arrival)
         except (TypeError, ValueError) as exc:
             writer.abort()
             raise SpoolError(f"{writer.qid}: envelope cannot be stored: {exc}") from exc
@@ -155,6 +153,113 @@ class Spool:
             body_name=None if sealed.tmp_path is None else Layout.body_name(writer.qid),
             future=future))
         await future
+
+    # -- the scheduler's side: changes to stored messages, group-committed -------------
+
+    def claim(self, qids: list[str]) -> asyncio.Future[None]:
+        """Mark messages as being delivered (state 'active'), so that due() and next_due()
+        skip them. Not awaited by the scheduler: the writer applies jobs in order, so the
+        claim always lands before the attempt's own update. Recovery turns 'active' back
+        into 'queued'."""
+        marks = ", ".join("?" for _ in qids)
+        statement = (f"UPDATE schedule SET state = 'active' WHERE state = 'queued'"
+                     f" AND id IN ({marks})", tuple(qids))
+        future = self._new_future()
+        future.add_done_callback(_consume)
+        committer = self._committer
+        if committer is None or self._closing:
+            future.set_exception(SpoolError("spool is not open"))
+        else:
+            committer.submit(UpdateJob(qids[0] if qids else "", (statement,), (), future))
+        return future
+
+    async def update(self, qid: str, *, envelope: Envelope | None = None,
+                     next_attempt: float | None = None, attempts: int | None = None,
+                     warned: bool | None = None, last_error: str | None = None,
+                     state: str | None = None) -> None:
+        """Record an attempt's results durably: the envelope (per-recipient state) and/or
+        the schedule. Only the fields given change. state "requeue" ends a claim: the
+        message becomes 'queued' again unless an operator held it meanwhile."""
+        statements: list[tuple[str, tuple[object, ...]]] = []
+        if envelope is not None:
+            statements.append(("UPDATE envelope SET record = ? WHERE id = ?",
+                               (_envelope_json(envelope), qid)))
+        sets: list[str] = []
+        params: list[object] = []
+        for column, value in (("next_attempt", next_attempt), ("attempts", attempts),
+                              ("warned", None if warned is None else int(warned)),
+                              ("last_error", last_error)):
+            if value is not None:
+                sets.append(f"{column} = ?")
+                params.append(value)
+        if state == "requeue":
+            sets.append("state = CASE state WHEN 'held' THEN 'held' ELSE 'queued' END")
+        elif state is not None:
+            sets.append("state = ?")
+            params.append(state)
+        if sets:
+            statements.append((f"UPDATE schedule SET {', '.join(sets)} WHERE id = ?",
+                               (*params, qid)))
+        if statements:
+            await self._submit(UpdateJob(qid, tuple(statements), (), self._new_future()))
+
+    async def remove(self, qid: str) -> None:
+        """Delete a message whose every recipient is final (or that an operator deleted)."""
+        statements = (("DELETE FROM schedule WHERE id = ?", (qid,)),
+                      ("DELETE FROM envelope WHERE id = ?", (qid,)),
+                      ("DELETE FROM message WHERE id = ?", (qid,)))
+        unlink = (self.layout.body_path(Layout.body_name(qid)),) if is_valid_id(qid) else ()
+        await self._submit(UpdateJob(qid, statements, unlink, self._new_future()))
+
+    def _new_future(self) -> asyncio.Future[None]:
+        if self._loop is None:
+            raise SpoolError("spool is not open")
+        return self._loop.create_future()
+
+    async def _submit(self, job: UpdateJob) -> None:
+        committer = self._committer
+        if committer is None or self._closing:
+            raise SpoolError("spool is not open")
+        committer.submit(job)
+        await job.future
+
+    def due(self, before: float, limit: int) -> list[tuple[str, float]]:
+        """Queued (not held) messages due before `before`, soonest first, at most `limit`."""
+        rows = self._read("SELECT id, next_attempt FROM schedule WHERE state = 'queued'"
+                          " AND next_attempt < ? ORDER BY next_attempt LIMIT ?",
+                          (before, limit))
+        return [(str(r[0]), float(r[1])) for r in rows]
+
+    def next_due(self) -> float | None:
+        """When the soonest queued message is due (an index lookup), or None when empty."""
+        rows = self._read("SELECT min(next_attempt) FROM schedule WHERE state = 'queued'")
+        return None if rows[0][0] is None else float(rows[0][0])
+
+    def schedule(self, qid: str) -> Schedule | None:
+        rows = self._read("SELECT state, next_attempt, attempts, warned, last_error"
+                          " FROM schedule WHERE id = ?", (qid,))
+        if not rows:
+            return None
+        state, next_attempt, attempts, warned, last_error = rows[0]
+        return Schedule(str(state), float(next_attempt), int(attempts), bool(warned),
+                        last_error)
+
+    def entries(self) -> list[QueueEntry]:
+        """Every message with its schedule and envelope, arrival order (for queue list)."""
+        rows = self._read(
+            "SELECT m.id, m.arrival, m.size, e.record, s.state, s.next_attempt, s.attempts,"
+            " s.warned, s.last_error FROM message m JOIN envelope e ON e.id = m.id"
+            " LEFT JOIN schedule s ON s.id = m.id ORDER BY m.seq")
+        out = []
+        for qid, arrival, size, record, state, next_attempt, attempts, warned, err in rows:
+            try:
+                envelope = Envelope.from_record(json.loads(record))
+            except (ValueError, KeyError, TypeError):
+                continue
+            out.append(QueueEntry(str(qid), float(arrival), int(size), envelope,
+                                  Schedule(str(state or "queued"), float(next_attempt or 0),
+                                           int(attempts or 0), bool(warned), err)))
+        return out
 
     # -- the read side (synchronous: admin tools, tests, or a thread of the scheduler) ----
 
@@ -300,6 +405,37 @@ class Spool:
         except OSError:
             _unlink_quietly(path)  # it can never be imported; do not spin on it
         self._log("quarantined", qid=qid, reason=f"maildrop: {reason}", file=path.name)
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A message's place in the schedule."""
+
+    state: str  # "queued" or "held"
+    next_attempt: float
+    attempts: int
+    warned: bool
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    qid: str
+    arrival: float
+    size: int
+    envelope: Envelope
+    schedule: Schedule
+
+
+def _consume(future: asyncio.Future[None]) -> None:
+    """Retrieve a fire-and-forget job's exception so asyncio does not warn about it."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _envelope_json(envelope: Envelope) -> str:
+    return json.dumps(envelope.to_record(), ensure_ascii=True, separators=(",", ":"),
+                      allow_nan=False)
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -1,0 +1,411 @@
+"""The scheduler's engine: due messages in, courier jobs out, outcomes recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from albatross import bounce
+from albatross.delivery import Courier, Delivery
+from albatross.errors import SpoolError
+from albatross.model import Envelope, Outcome, Recipient, Reply
+from albatross.spool import Spool
+
+
+class Clock(Protocol):
+    """Wall-clock time in seconds (the queue stores absolute times that survive restarts)."""
+
+    def time(self) -> float: ...
+
+
+class SystemClock:
+    def time(self) -> float:
+        return time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a recipient goes: a courier by name, and the destination that groups
+    recipients into one transaction and carries the per-destination limits."""
+
+    transport: str
+    destination: str
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerSettings:
+    min_backoff: float = 300.0  # like Postfix's minimal_backoff_time
+    max_backoff: float = 4000.0  # like Postfix's maximal_backoff_time (about 67 minutes)
+    lifetime: float = 5 * 86400.0  # give up and bounce after this long in the queue
+    delay_warning: float = 4 * 3600.0  # warn the sender once after this long (0: never)
+    max_active: int = 5000  # messages in memory (being delivered) at most
+    batch: int = 500  # due messages fetched per look at the queue
+    concurrency: int = 20  # connections/jobs per destination at once
+    rate: float = 0.0  # messages per minute per destination (0: unlimited)
+    overrides: Mapping[str, tuple[int, float]] = field(default_factory=dict)
+    reporting_mta: str = "localhost"
+    postmaster: str = "postmaster@localhost"
+    max_returned: int = 100_000
+    jitter: float = 0.2
+
+
+def backoff(attempts: int, settings: SchedulerSettings, rnd: random.Random) -> float:
+    """Seconds until the next attempt after `attempts` failed ones: doubling from
+    min_backoff up to max_backoff, spread by +-jitter so that a destination that was down
+    is not hit by its whole backlog in the same second when it returns."""
+    base = min(settings.max_backoff, settings.min_backoff * 2.0 ** max(0, attempts - 1))
+    spread = 1.0 + settings.jitter * (2 * rnd.random() - 1)
+    return max(1.0, base * spread)
+
+
+DsnBuilder = Callable[..., tuple[str, bytes]]
+
+
+@dataclass(slots=True)
+class _Active:
+    """A message being delivered: its envelope, body and the jobs still running."""
+
+    qid: str
+    envelope: Envelope
+    body: bytes
+    attempts: int
+    warned: bool
+    running: int = 0
+    outcomes: list[Outcome] = field(default_factory=list)
+    routes: dict[str, Route] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Destination:
+    active: int = 0
+    waiting: deque[tuple[_Active, Route, tuple[Recipient, ...]]] = field(default_factory=deque)
+    tokens: float = 0.0
+    refilled: float = 0.0
+
+
+class Scheduler:
+    """Reads due messages from the spool, hands them to couriers, records outcomes."""
+
+    def __init__(self, spool: Spool, couriers: Mapping[str, Courier],
+                 route: Callable[[Recipient, Envelope], Route], *,
+                 settings: SchedulerSettings | None = None, clock: Clock | None = None,
+                 log: Callable[..., None] | None = None, dsn: DsnBuilder | None = None,
+                 rnd: random.Random | None = None) -> None:
+        self.spool = spool
+        self.couriers = couriers
+        self.route = route
+        self.settings = settings or SchedulerSettings()
+        self.clock = clock or SystemClock()
+        self.log = log or (lambda event, **fields: None)
+        self.dsn = dsn
+        self.rnd = rnd or random.Random()
+        self.active: dict[str, _Active] = {}
+        self.destinations: dict[str, _Destination] = {}
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # --- life cycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking new work; let running deliveries finish for `grace` seconds. What is
+        cut off stays due in the queue and is retried after a restart (at worst a
+        duplicate delivery, never a loss)."""
+        self._stopping = True
+        self._wake.set()
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2)
+
+    def wake(self) -> None:
+        """Something became due (a new message, a flush): look at the queue now."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                next_due = await self.tick()
+            except SpoolError as exc:
+                self.log("error", where="scheduler", error=str(exc))
+                next_due = self.clock.time() + 5
+            delay = 60.0 if next_due is None else max(0.0, next_due - self.clock.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 60.0) + 0.001)
+
+    # --- one look at the queue ---------------------------------------------------------
+
+    async def tick(self) -> float | None:
+        """Start every due message that fits; return when the next one is due."""
+        now = self.clock.time()
+        room = self.settings.max_active - len(self.active)
+        if room > 0 and not self._stopping:
+            limit = min(room, self.settings.batch) + len(self.active)
+            due = await asyncio.to_thread(self.spool.due, now + 0.0005, limit)
+            chosen = [qid for qid, _when in due if qid not in self.active][:room]
+            if chosen:
+                self.spool.claim(chosen)
+            for qid in chosen:
+                await self._start(qid)
+        return await asyncio.to_thread(self.spool.next_due)
+
+    async def _start(self, qid: str) -> None:
+        try:
+            envelope, body = await asyncio.to_thread(self.spool.load, qid)
+            sched = await asyncio.to_thread(self.spool.schedule, qid)
+        except (KeyError, SpoolError) as exc:
+            self.log("error", qid=qid, where="scheduler", error=str(exc))
+            # Unclaim it, and look again later rather than in a tight loop.
+            with contextlib.suppress(SpoolError):
+                await self.spool.update(qid, state="requeue", next_attempt=self.clock.time()
+                                        + self.settings.min_backoff)
+            return
+        if sched is None or sched.state == "held":
+            return
+        msg = _Active(qid, envelope, body, sched.attempts, sched.warned)
+        pending = [r for r in envelope.recipients if not r.is_final]
+        if not pending:
+            self.active[qid] = msg
+            await self._finish(msg)
+            return
+        groups: dict[Route, list[Recipient]] = {}
+        for r in pending:
+            groups.setdefault(self.route(r, envelope), []).append(r)
+        self.active[qid] = msg
+        msg.running = len(groups)
+        for route, rcpts in groups.items():
+            self._enqueue(msg, route, tuple(rcpts))
+
+    # --- per-destination limits ----------------------------------------------------------
+
+    def _limits(self, destination: str) -> tuple[int, float]:
+        return self.settings.overrides.get(destination,
+                                           (self.settings.concurrency, self.settings.rate))
+
+    def _enqueue(self, msg: _Active, route: Route, rcpts: tuple[Recipient, ...]) -> None:
+        dest = self.destinations.setdefault(route.destination, _Destination())
+        dest.waiting.append((msg, route, rcpts))
+        self._pump(route.destination)
+
+    def _pump(self, name: str) -> None:
+        dest = self.destinations.get(name)
+        if dest is None:
+            return
+        concurrency, rate = self._limits(name)
+        while dest.waiting and dest.active < concurrency:
+            if rate > 0:
+                now = time.monotonic()
+                per_second = rate / 60.0
+                dest.tokens = min(max(1.0, per_second), dest.tokens
+                                  + (now - dest.refilled) * per_second)
+                dest.refilled = now
+                if dest.tokens < 1.0:
+                    wait = (1.0 - dest.tokens) / per_second
+                    asyncio.get_running_loop().call_later(wait, self._pump, name)
+                    return
+                dest.tokens -= 1.0
+            msg, route, rcpts = dest.waiting.popleft()
+            dest.active += 1
+            task = asyncio.get_running_loop().create_task(self._deliver(msg, route, rcpts))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if not dest.waiting and dest.active == 0:
+            del self.destinations[name]
+
+    async def _deliver(self, msg: _Active, route: Route, rcpts: tuple[Recipient, ...]) -> None:
+        courier = self.couriers.get(route.transport)
+        self.log("attempt", qid=msg.qid, destination=route.destination,
+                 transport=route.transport, rcpt=[r.address for r in rcpts],
+                 try_=msg.attempts + 1)
+        try:
+            if courier is None:
+                reply = Reply(451, "4.3.5", f"no courier for transport {route.transport!r}")
+                outcomes = [Outcome(r.address, "deferred", reply, "local") for r in rcpts]
+            else:
+                delivery = Delivery(qid=msg.qid, envelope=msg.envelope, recipients=rcpts,
+                                    body=msg.body, destination=route.destination,
+                                    attempt=msg.attempts + 1)
+                try:
+                    outcomes = await courier.deliver(delivery)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a courier bug defers, never loses or bounces
+                    reply = Reply(451, "4.3.0", f"internal error in {route.transport}: {exc!r}")
+                    outcomes = [Outcome(r.address, "deferred", reply, "local") for r in rcpts]
+                    self.log("error", qid=msg.qid, where=route.transport, error=repr(exc))
+            if len(outcomes) != len(rcpts):
+                reply = Reply(451, "4.3.0", "courier returned the wrong number of outcomes")
+                outcomes = [Outcome(r.address, "deferred", reply, "local") for r in rcpts]
+            msg.outcomes.extend(outcomes)
+            self._log_outcomes(msg, outcomes)
+        finally:
+            dest = self.destinations.get(route.destination)
+            if dest is not None:
+                dest.active -= 1
+                self._pump(route.destination)
+            msg.running -= 1
+        if msg.running == 0:
+            try:
+                await self._finish(msg)
+            except SpoolError as exc:
+                # Not recorded: the message stays due and is tried again (at worst a
+                # duplicate delivery).
+                self.log("error", qid=msg.qid, where="scheduler", error=str(exc))
+            finally:
+                self.active.pop(msg.qid, None)
+                self.wake()
+
+    def _log_outcomes(self, msg: _Active, outcomes: list[Outcome]) -> None:
+        delay = round(self.clock.time() - msg.envelope.arrival, 3)
+        for o in outcomes:
+            relay = f"{o.remote_host or '?'}[{o.remote_ip}]" if o.remote_ip else o.remote_host
+            self.log(o.status, qid=msg.qid, rcpt=o.recipient, relay=relay, reply=str(o.reply),
+                     category=o.category, tls=o.tls, delay=delay)
+
+    # --- recording an attempt ------------------------------------------------------------
+
+    async def _finish(self, msg: _Active) -> None:
+        """Apply the attempt's outcomes; queue DSNs first, then update or remove the message
+        (a crash between the two can only duplicate a DSN, never lose one)."""
+        now = self.clock.time()
+        env = msg.envelope
+        by_addr = {o.recipient: o for o in msg.outcomes}
+        failed: list[tuple[Recipient, Outcome | None]] = []
+        succeeded: list[tuple[Recipient, Outcome]] = []
+        for r in env.recipients:
+            o = by_addr.get(r.address)
+            if o is None or r.is_final:
+                continue
+            r.reply, r.remote, r.updated = str(o.reply), o.remote_host, now
+            if o.status == "delivered":
+                r.state = "delivered"
+                succeeded.append((r, o))
+            elif o.status == "bounced":
+                r.state = "bounced"
+                failed.append((r, o))
+        pending = [r for r in env.recipients if not r.is_final]
+        attempts = msg.attempts + (1 if msg.outcomes else 0)
+        expired = bool(pending) and now - env.arrival >= self.settings.lifetime
+        if expired:
+            for r in pending:
+                r.state = "expired"
+                failed.append((r, by_addr.get(r.address)))
+                self.log("expired", qid=msg.qid, rcpt=r.address, reply=r.reply,
+                         delay=round(now - env.arrival, 3))
+            pending = []
+        warn: list[Recipient] = []
+        if (pending and not msg.warned and self.settings.delay_warning > 0
+                and now - env.arrival >= self.settings.delay_warning):
+            warn = pending
+        await self._send_dsns(msg, failed, succeeded, warn, now, expired)
+        if not pending:
+            await self.spool.remove(msg.qid)
+            return
+        last = ", ".join(sorted({r.reply or "" for r in pending if r.reply}))[:500] or None
+        await self.spool.update(msg.qid, envelope=env, attempts=attempts,
+                                next_attempt=now + backoff(attempts, self.settings, self.rnd),
+                                warned=msg.warned or bool(warn), last_error=last,
+                                state="requeue")
+
+    async def _send_dsns(self, msg: _Active, failed: list[tuple[Recipient, Outcome | None]],
+                         succeeded: list[tuple[Recipient, Outcome]], warn: list[Recipient],
+                         now: float, expired: bool) -> None:
+        if self.dsn is None:
+            return
+        env = msg.envelope
+        if failed:
+            reports = [self._report(r, o, "failed", now, expired) for r, o in failed
+                       if bounce.wanted(r, "failed")]
+            if reports:
+                await self._queue_dsn(msg, reports, "failure", now)
+        if succeeded:
+            reports = [self._report(r, o, "delivered", now, False) for r, o in succeeded
+                       if r.notify and "SUCCESS" in r.notify.upper()]
+            if reports:
+                await self._queue_dsn(msg, reports, "success", now)
+        if warn:
+            reports = [self._report(r, None, "delayed", now, False) for r in warn
+                       if bounce.wanted(r, "delayed")]
+            if reports:
+                await self._queue_dsn(msg, reports, "delay", now,
+                                      until=env.arrival + self.settings.lifetime)
+
+    def _report(self, r: Recipient, o: Outcome | None, action: str, now: float,
+                expired: bool) -> Any:
+        reply = o.reply if o is not None else _parse_reply(r.reply)
+        if action == "delivered":
+            status = "2.0.0"
+        elif action == "delayed":
+            status = reply.enhanced if reply is not None and reply.enhanced else "4.0.0"
+        elif expired and (reply is None or reply.code < 500):
+            status = "4.4.7"  # RFC 3463: delivery time expired
+        else:
+            status = reply.enhanced if reply is not None and reply.enhanced else "5.0.0"
+        return bounce.Report(recipient=r.address, orcpt=r.orcpt, action=action,
+                             status=status, reply=reply,
+                             remote_mta=o.remote_host if o is not None else r.remote,
+                             last_attempt=now, will_retry_until=None)
+
+    async def _queue_dsn(self, msg: _Active, reports: list[Any], kind: str, now: float,
+                         until: float | None = None) -> None:
+        env = msg.envelope
+        if not bounce.should_bounce(env):
+            # Never a bounce to <>. A DSN of ours that itself failed goes to postmaster,
+            # once (its own failure is dropped: source "double-bounce").
+            if env.source != "bounce" or kind != "failure":
+                return
+            target = self.settings.postmaster
+            source = "double-bounce"
+        else:
+            target = env.sender
+            source = "bounce"
+        if until is not None:
+            reports = [_with_until(r, until) for r in reports]
+        assert self.dsn is not None
+        _rcpt, data = self.dsn(env, msg.qid, msg.body, reports,
+                               reporting_mta=self.settings.reporting_mta, now=now, kind=kind,
+                               max_returned=self.settings.max_returned)
+        qid = self.spool.new_id()
+        writer = self.spool.begin(qid)
+        await writer.write(data)
+        dsn_env = Envelope(sender="", recipients=[Recipient(target)], arrival=now,
+                           protocol="local", source=source)
+        await self.spool.commit(writer, dsn_env)
+        self.log("dsn-sent", qid=msg.qid, dsn_qid=qid, kind=kind, to=target,
+                 rcpt=[r.recipient for r in reports])
+        self.wake()
+
+
+def _parse_reply(text: str | None) -> Reply | None:
+    """A Reply back from its one-line form ("451 4.4.1 text"), for DSNs of recipients whose
+    last reply came from an earlier attempt."""
+    if not text or len(text) < 3 or not text[:3].isdigit():
+        return None
+    rest = text[4:]
+    enhanced, _, words = rest.partition(" ")
+    if not (enhanced.count(".") == 2 and enhanced.replace(".", "").isdigit()):
+        enhanced, words = "", rest
+    return Reply(int(text[:3]), enhanced, words)
+
+
+def _with_until(report: Any, until: float) -> Any:
+    from dataclasses import replace
+
+    return replace(report, will_retry_until=until)

@@ -1,0 +1,308 @@
+"""The scheduler with a fake courier and a fake clock, on a real spool."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from albatross.delivery import Delivery
+from albatross.model import Envelope, Outcome, Recipient, Reply
+from albatross.scheduler import Route, Scheduler, SchedulerSettings, backoff
+from albatross.spool import Spool
+
+OK = Reply(250, "2.0.0", "Ok")
+TEMP = Reply(451, "4.4.1", "try later")
+PERM = Reply(550, "5.1.1", "no such user")
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+class FakeCourier:
+    """Answers per recipient from a table; records every delivery it was given."""
+
+    def __init__(self, answers: dict[str, str] | None = None, gate: asyncio.Event | None = None
+                 ) -> None:
+        self.answers = answers or {}
+        self.calls: list[Delivery] = []
+        self.gate = gate
+        self.running = 0
+        self.most_running = 0
+
+    async def deliver(self, delivery: Delivery) -> list[Outcome]:
+        self.calls.append(delivery)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            out = []
+            for r in delivery.recipients:
+                status = self.answers.get(r.address, "delivered")
+                reply = {"delivered": OK, "deferred": TEMP, "bounced": PERM}[status]
+                out.append(Outcome(r.address, status, reply, "ok" if status == "delivered"
+                                   else "policy", remote_host="mx.remote.test",
+                                   remote_ip="127.0.0.2"))
+            return out
+        finally:
+            self.running -= 1
+
+
+def route(r: Recipient, env: Envelope) -> Route:
+    return Route("smtp", r.domain)
+
+
+def fake_dsn(env: Envelope, qid: str, body: bytes, reports: list[Any], **kw: Any
+             ) -> tuple[str, bytes]:
+    lines = [f"Subject: DSN {kw['kind']} for {qid}"]
+    lines += [f"X-Report: {r.recipient} {r.action} {r.status}" for r in reports]
+    return env.sender, ("\r\n".join(lines) + "\r\n\r\nreport\r\n").encode()
+
+
+async def queue(spool: Spool, sender: str, rcpts: list[str], arrival: float,
+                notify: str | None = None, source: str = "smtp") -> str:
+    qid = spool.new_id()
+    w = spool.begin(qid)
+    await w.write(b"Subject: test\r\n\r\nbody\r\n")
+    await spool.commit(w, Envelope(sender=sender, arrival=arrival, source=source,
+                                   recipients=[Recipient(a, notify=notify) for a in rcpts]))
+    return qid
+
+
+class Harness:
+    def __init__(self, spool: Spool, courier: FakeCourier, clock: FakeClock,
+                 settings: SchedulerSettings) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.spool = spool
+        self.courier = courier
+        self.clock = clock
+        self.sched = Scheduler(spool, {"smtp": courier}, route, settings=settings, clock=clock,
+                               log=lambda e, **f: self.events.append((e, f)), dsn=fake_dsn,
+                               rnd=random.Random(1))
+
+    async def settle(self) -> None:
+        """Run ticks until nothing is in flight."""
+        for _ in range(200):
+            await self.sched.tick()
+            if not self.sched.active and not self.sched._tasks:
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError("scheduler did not settle")
+
+    def names(self) -> list[str]:
+        return [e for e, _ in self.events]
+
+
+@pytest.fixture
+async def spool(tmp_path: Path) -> Any:
+    s = Spool(tmp_path / "d")
+    await s.open()
+    yield s
+    await s.close()
+
+
+def make(spool: Spool, answers: dict[str, str] | None = None, **kw: Any) -> Harness:
+    settings = SchedulerSettings(reporting_mta="mx.test", postmaster="postmaster@mx.test", **kw)
+    return Harness(spool, FakeCourier(answers), FakeClock(), settings)
+
+
+async def test_delivered_message_is_removed_and_logged(spool: Spool) -> None:
+    h = make(spool)
+    qid = await queue(spool, "a@example.org", ["b@one.test", "c@two.test", "d@one.test"],
+                      h.clock.now)
+    await h.settle()
+    assert spool.ids() == []
+    # Recipients at the same destination share one delivery (one transaction).
+    by_dest = {d.destination: [r.address for r in d.recipients] for d in h.courier.calls}
+    assert by_dest == {"one.test": ["b@one.test", "d@one.test"], "two.test": ["c@two.test"]}
+    delivered = [f for e, f in h.events if e == "delivered"]
+    assert {f["rcpt"] for f in delivered} == {"b@one.test", "c@two.test", "d@one.test"}
+    assert all(f["qid"] == qid for f in delivered)
+    assert h.names().count("attempt") == 2
+
+
+async def test_deferred_is_retried_with_backoff_then_delivered(spool: Spool) -> None:
+    h = make(spool, {"b@one.test": "deferred"})
+    qid = await queue(spool, "a@example.org", ["b@one.test"], h.clock.now)
+    await h.settle()
+    sched = spool.schedule(qid)
+    assert sched is not None and sched.attempts == 1 and sched.state == "queued"
+    wait = sched.next_attempt - h.clock.now
+    assert 300 * 0.8 <= wait <= 300 * 1.2
+    assert sched.last_error is not None and "4.4.1" in sched.last_error
+    env, _ = spool.load(qid)
+    assert env.recipients[0].state == "pending" and "4.4.1" in (env.recipients[0].reply or "")
+    # Not before it is due.
+    h.clock.now += wait - 5
+    await h.settle()
+    assert len(h.courier.calls) == 1
+    h.clock.now += 10
+    h.courier.answers.clear()
+    await h.settle()
+    assert len(h.courier.calls) == 2
+    assert spool.ids() == []
+
+
+async def test_backoff_doubles_up_to_the_maximum() -> None:
+    s = SchedulerSettings(min_backoff=300, max_backoff=4000, jitter=0)
+    rnd = random.Random(0)
+    assert [backoff(n, s, rnd) for n in (1, 2, 3, 4, 5, 6)] == [300, 600, 1200, 2400, 4000,
+                                                                 4000]
+
+
+async def test_partial_failure_bounces_one_and_keeps_the_other(spool: Spool) -> None:
+    # The DSN's own delivery (to a@example.org) is deferred, so it stays to be looked at.
+    h = make(spool, {"b@one.test": "bounced", "c@one.test": "deferred",
+                     "a@example.org": "deferred"})
+    qid = await queue(spool, "a@example.org", ["b@one.test", "c@one.test"], h.clock.now)
+    await h.settle()
+    ids = spool.ids()
+    assert qid in ids and len(ids) == 2  # the original (deferred part) and the DSN
+    dsn_id = next(i for i in ids if i != qid)
+    env, body = spool.load(dsn_id)
+    assert env.sender == "" and [r.address for r in env.recipients] == ["a@example.org"]
+    assert b"X-Report: b@one.test failed 5.1.1" in body
+    assert b"c@one.test" not in body
+    orig, _ = spool.load(qid)
+    assert [r.state for r in orig.recipients] == ["bounced", "pending"]
+    assert ("dsn-sent" in h.names()) and ("bounced" in h.names())
+
+
+async def test_no_bounce_to_the_null_sender(spool: Spool) -> None:
+    h = make(spool, {"b@one.test": "bounced"})
+    await queue(spool, "", ["b@one.test"], h.clock.now)
+    await h.settle()
+    assert spool.ids() == []
+    assert "dsn-sent" not in h.names()
+
+
+async def test_failed_bounce_goes_to_postmaster_once(spool: Spool) -> None:
+    h = make(spool, {"a@example.org": "bounced", "postmaster@mx.test": "bounced"})
+    await queue(spool, "", ["a@example.org"], h.clock.now, source="bounce")
+    await h.settle()
+    sent = [f for e, f in h.events if e == "dsn-sent"]
+    assert len(sent) == 1 and sent[0]["to"] == "postmaster@mx.test"
+    # The postmaster copy failed too: dropped, no third message, nothing left queued.
+    assert spool.ids() == []
+
+
+async def test_notify_never_and_success(spool: Spool) -> None:
+    h = make(spool, {"b@one.test": "bounced"})
+    await queue(spool, "a@example.org", ["b@one.test"], h.clock.now, notify="NEVER")
+    await queue(spool, "a@example.org", ["c@one.test"], h.clock.now, notify="SUCCESS")
+    await h.settle()
+    sent = [f for e, f in h.events if e == "dsn-sent"]
+    assert [s["kind"] for s in sent] == ["success"]
+    assert sent[0]["rcpt"] == ["c@one.test"]
+
+
+async def test_expiry_bounces_with_4_4_7(spool: Spool) -> None:
+    h = make(spool, {"b@one.test": "deferred", "a@example.org": "deferred"}, lifetime=3600,
+             delay_warning=0)
+    qid = await queue(spool, "a@example.org", ["b@one.test"], h.clock.now)
+    await h.settle()
+    h.clock.now += 3601
+    await h.settle()
+    assert "expired" in h.names()
+    ids = spool.ids()
+    assert qid not in ids and len(ids) == 1
+    _env, body = spool.load(ids[0])
+    assert b"X-Report: b@one.test failed 4.4.7" in body
+
+
+async def test_delay_warning_is_sent_once(spool: Spool) -> None:
+    h = make(spool, {"b@one.test": "deferred"}, delay_warning=600, lifetime=86400)
+    qid = await queue(spool, "a@example.org", ["b@one.test"], h.clock.now)
+    for _ in range(4):
+        h.clock.now += 700
+        await h.settle()
+    sent = [f for e, f in h.events if e == "dsn-sent"]
+    assert [s["kind"] for s in sent] == ["delay"]
+    sched = spool.schedule(qid)
+    assert sched is not None and sched.warned
+
+
+async def test_per_destination_concurrency(spool: Spool) -> None:
+    gate = asyncio.Event()
+    h = make(spool, concurrency=2)
+    h.courier.gate = gate
+    for i in range(6):
+        await queue(spool, "a@example.org", [f"u{i}@busy.test"], h.clock.now)
+    await h.sched.tick()
+    await asyncio.sleep(0.05)
+    assert h.courier.running == 2
+    gate.set()
+    await h.settle()
+    assert h.courier.most_running == 2
+    assert len(h.courier.calls) == 6 and spool.ids() == []
+
+
+async def test_held_message_waits_until_released(spool: Spool) -> None:
+    h = make(spool)
+    qid = await queue(spool, "a@example.org", ["b@one.test"], h.clock.now)
+    await spool.update(qid, state="held")
+    await h.settle()
+    assert h.courier.calls == [] and spool.ids() == [qid]
+    await spool.update(qid, state="queued")
+    await h.settle()
+    assert spool.ids() == []
+
+
+async def test_timings_survive_a_restart(tmp_path: Path) -> None:
+    s1 = Spool(tmp_path / "d")
+    await s1.open()
+    h1 = make(s1, {"b@one.test": "deferred"})
+    qid = await queue(s1, "a@example.org", ["b@one.test"], h1.clock.now)
+    await h1.settle()
+    due_at = s1.schedule(qid).next_attempt  # type: ignore[union-attr]
+    await s1.close()
+    s2 = Spool(tmp_path / "d")
+    await s2.open()
+    try:
+        h2 = make(s2)
+        h2.clock.now = h1.clock.now + 1
+        await h2.settle()
+        assert h2.courier.calls == []  # not hammered at restart: it is not due yet
+        h2.clock.now = due_at + 1
+        await h2.settle()
+        assert len(h2.courier.calls) == 1 and s2.ids() == []
+    finally:
+        await s2.close()
+
+
+async def test_claimed_messages_are_due_again_after_a_crash(tmp_path: Path) -> None:
+    s1 = Spool(tmp_path / "d")
+    await s1.open()
+    qid = await queue(s1, "a@example.org", ["b@one.test"], 1.0)
+    await s1.claim([qid])
+    assert s1.due(10.0, 10) == [] and s1.schedule(qid).state == "active"  # type: ignore[union-attr]
+    await s1.close()  # as if the daemon died mid-delivery
+    s2 = Spool(tmp_path / "d")
+    await s2.open()
+    try:
+        assert s2.due(10.0, 10) == [(qid, 1.0)]
+    finally:
+        await s2.close()
+
+
+async def test_a_courier_bug_defers_instead_of_losing(spool: Spool) -> None:
+    class Broken:
+        async def deliver(self, delivery: Delivery) -> list[Outcome]:
+            raise RuntimeError("boom")
+
+    h = make(spool)
+    h.sched.couriers = {"smtp": Broken()}
+    qid = await queue(spool, "a@example.org", ["b@one.test"], h.clock.now)
+    await h.settle()
+    assert spool.ids() == [qid]
+    assert spool.schedule(qid).attempts == 1  # type: ignore[union-attr]
+    assert any(e == "error" for e in h.names())
