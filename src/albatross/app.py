@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from albatross.config import Config
 from albatross.delivery import Courier
@@ -38,6 +38,7 @@ class App:
         self.spool: Spool | None = None
         self.ctx: ServerContext | None = None
         self.scheduler: Scheduler | None = None
+        self.admin: Any = None
         self.mailboxes = LocalMailboxes(
             domains=frozenset(d.lower() for d in config.domains.local),
             users=frozenset(config.local.users), catch_all=config.local.catch_all,
@@ -101,6 +102,11 @@ class App:
                 self.log.event("listening", address=f"{name[0]}:{name[1]}")
         if cfg.queue.deliver:
             self.scheduler.start()
+        from albatross.api import AdminServer
+        from albatross.scheduler import Admin
+
+        self.admin = AdminServer(Admin(self.scheduler), self.data_dir / "admin.sock")
+        await self.admin.start()
         self._tasks.append(loop.create_task(self._flush_log()))
         self._tasks.append(loop.create_task(self._sweep()))
         listening = ", ".join(_fmt(h, p) for h, p in self.addresses)
@@ -183,6 +189,8 @@ class App:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
+        if self.admin is not None:
+            await self.admin.stop()
         if self.scheduler is not None:
             await self.scheduler.stop(grace)
         for t in self._tasks:

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_config_check)
 
     log_cli.add_parser(sub)
+    from albatross.cli import queue as queue_cli
+
+    queue_cli.add_parser(sub)
 
     sm = sub.add_parser("sendmail", help="sendmail-compatible submission (reads stdin)",
                         add_help=False)

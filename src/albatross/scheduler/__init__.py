@@ -8,6 +8,8 @@ them, retries with backoff, warns, bounces, expires, and removes finished messag
 """
 
 from albatross.scheduler.core import (
+    Admin,
+    Busy,
     Clock,
     Route,
     Scheduler,
@@ -16,4 +18,4 @@ from albatross.scheduler.core import (
     backoff,
 )
 
-__all__ = ["Clock", "Route", "Scheduler", "SchedulerSettings", "SystemClock", "backoff"]
+__all__ = ["Admin", "Busy", "Clock", "Route", "Scheduler", "SchedulerSettings", "SystemClock", "backoff"]

@@ -409,3 +409,87 @@ def _with_until(report: Any, until: float) -> Any:
     from dataclasses import replace
 
     return replace(report, will_retry_until=until)
+
+
+class Busy(Exception):
+    """The message is being delivered right now; try the operation again shortly."""
+
+
+class Admin:
+    """Operator actions on the queue (flush, hold, release, delete, bounce), applied through
+    the scheduler so that timing and outcomes stay its business."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.s = scheduler
+
+    def _pending_domains(self, env: Envelope) -> set[str]:
+        return {r.domain for r in env.recipients if not r.is_final}
+
+    async def flush(self, qid: str | None = None, domain: str | None = None) -> int:
+        """Make queued messages due now (all, one, or those with recipients at `domain`)."""
+        spool = self.s.spool
+        now = self.s.clock.time()
+        entries = await asyncio.to_thread(spool.entries)
+        n = 0
+        for e in entries:
+            if qid is not None and e.qid != qid:
+                continue
+            if domain is not None and domain.lower() not in self._pending_domains(e.envelope):
+                continue
+            if e.schedule.state != "queued":
+                continue
+            await spool.update(e.qid, next_attempt=now)
+            n += 1
+        self.s.wake()
+        return n
+
+    async def hold(self, qid: str) -> bool:
+        if await asyncio.to_thread(self.s.spool.schedule, qid) is None:
+            return False
+        await self.s.spool.update(qid, state="held")
+        return True
+
+    async def release(self, qid: str) -> bool:
+        sched = await asyncio.to_thread(self.s.spool.schedule, qid)
+        if sched is None:
+            return False
+        if sched.state == "held":
+            await self.s.spool.update(qid, state="queued", next_attempt=self.s.clock.time())
+            self.s.wake()
+        return True
+
+    async def delete(self, qid: str, by: str = "admin") -> bool:
+        """Remove a message; its pending recipients end as "deleted" (no DSN)."""
+        if qid in self.s.active:
+            raise Busy(qid)
+        try:
+            env, _body = await asyncio.to_thread(self.s.spool.load, qid)
+        except KeyError:
+            return False
+        pending = [r.address for r in env.recipients if not r.is_final]
+        await self.s.spool.remove(qid)
+        self.s.log("deleted", qid=qid, rcpt=pending, by=by)
+        return True
+
+    async def bounce(self, qid: str, by: str = "admin") -> bool:
+        """Fail every pending recipient now, with a DSN to the sender as for any bounce."""
+        if qid in self.s.active:
+            raise Busy(qid)
+        try:
+            env, body = await asyncio.to_thread(self.s.spool.load, qid)
+            sched = await asyncio.to_thread(self.s.spool.schedule, qid)
+        except KeyError:
+            return False
+        if sched is None:
+            return False
+        reply = Reply(550, "5.0.0", f"message returned by the mail administrator ({by})")
+        msg = _Active(qid, env, body, sched.attempts, sched.warned)
+        msg.outcomes = [Outcome(r.address, "bounced", reply, "admin")
+                        for r in env.recipients if not r.is_final]
+        self.s.active[qid] = msg
+        try:
+            self.s._log_outcomes(msg, msg.outcomes)
+            await self.s._finish(msg)
+        finally:
+            self.s.active.pop(qid, None)
+        return True
