@@ -18,4 +18,5 @@ from albatross.scheduler.core import (
     backoff,
 )
 
-__all__ = ["Admin", "Busy", "Clock", "Route", "Scheduler", "SchedulerSettings", "SystemClock", "backoff"]
+__all__ = ["Admin", "Busy", "Clock", "Route", "Scheduler", "SchedulerSettings",
+           "SystemClock", "backoff"]
