@@ -337,7 +337,7 @@ class Scheduler:
                 await self._queue_dsn(msg, reports, "failure", now)
         if succeeded:
             reports = [self._report(r, o, "delivered", now, False) for r, o in succeeded
-                       if r.notify and "SUCCESS" in r.notify.upper()]
+                       if bounce.wanted(r, "delivered")]
             if reports:
                 await self._queue_dsn(msg, reports, "success", now)
         if warn:
@@ -381,12 +381,14 @@ class Scheduler:
         assert self.dsn is not None
         _rcpt, data = self.dsn(env, msg.qid, msg.body, reports,
                                reporting_mta=self.settings.reporting_mta, now=now, kind=kind,
-                               max_returned=self.settings.max_returned)
+                               max_returned=self.settings.max_returned,
+                               postmaster=self.settings.postmaster)
         qid = self.spool.new_id()
         writer = self.spool.begin(qid)
         await writer.write(data)
         dsn_env = Envelope(sender="", recipients=[Recipient(target)], arrival=now,
-                           protocol="local", source=source)
+                           protocol="local", source=source,
+                           mail_params=bounce.mail_params_for(target, data))
         await self.spool.commit(writer, dsn_env)
         self.log("dsn-sent", qid=msg.qid, dsn_qid=qid, kind=kind, to=target,
                  rcpt=[r.recipient for r in reports])
