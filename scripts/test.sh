@@ -10,6 +10,7 @@ sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
 [ -x /usr/sbin/smtp-source ] || need+=(postfix)
+[ -x /usr/sbin/nsd ] || need+=(nsd)          # the test DNS server (tests/dnszone.py)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing Debian packages: ${need[*]}"
