@@ -356,3 +356,34 @@ def test_on_uvloop(tmp_path: Path) -> None:
     finally:
         assert d.stop() == 0
     assert "Traceback" not in "".join(d.output), "".join(d.output)
+
+
+def test_large_message_is_streamed_to_a_spool_file(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path)
+    d.start()
+    try:
+        line = b"0123456789" * 9 + b"\r\n"
+        big = b"Subject: large\r\n\r\n" + line * 60_000  # about 5.5 MB
+        with smtplib.SMTP(d.host, d.port, timeout=30) as s:
+            s.ehlo("c.example")
+            assert s.sendmail("a@example.org", ["b@localhost"], big) == {}
+        qid = d.ids()[0]
+        _env, body = d.load(qid)
+        assert body.endswith(big)
+        files = [p for p in (d.data_dir / "spool").rglob("*") if p.is_file()]
+        assert any(p.name == qid for p in files), files
+        assert not list((d.data_dir / "spool" / "tmp").iterdir())
+    finally:
+        d.stop()
+
+
+def test_smtp_source_load(daemon: Daemon) -> None:
+    source = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+    if not Path(source).exists():
+        pytest.skip("smtp-source is not installed (scripts/test.sh installs postfix)")
+    out = subprocess.run([source, "-c", "-s", "20", "-m", "400", "-l", "2048",
+                          "-f", "load@example.org", "-t", "sink@localhost",
+                          f"{daemon.host}:{daemon.port}"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert len(daemon.ids()) == 400

@@ -11,13 +11,15 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from albatross import bounce
+from albatross.api import AdminServer
 from albatross.config import Config
 from albatross.delivery import Courier
 from albatross.delivery.maildir import MaildirCourier
 from albatross.model import Envelope, Recipient
 from albatross.observe import MailLog
 from albatross.routing.local import LocalMailboxes
-from albatross.scheduler import Route, Scheduler, SchedulerSettings
+from albatross.scheduler import Admin, Route, Scheduler, SchedulerSettings
 from albatross.server import ServerContext, Session, SessionPolicy
 from albatross.server.tls import self_signed, server_context
 from albatross.smtp.server import Limits
@@ -102,9 +104,6 @@ class App:
                 self.log.event("listening", address=f"{name[0]}:{name[1]}")
         if cfg.queue.deliver:
             self.scheduler.start()
-        from albatross.api import AdminServer
-        from albatross.scheduler import Admin
-
         self.admin = AdminServer(Admin(self.scheduler), self.data_dir / "admin.sock")
         await self.admin.start()
         self._tasks.append(loop.create_task(self._flush_log()))
@@ -126,8 +125,6 @@ class App:
         return Route("smtp", domain)
 
     def _build_scheduler(self) -> Scheduler:
-        from albatross import bounce
-
         cfg = self.config
         q = cfg.queue
         settings = SchedulerSettings(

@@ -379,7 +379,7 @@ class Session(asyncio.Protocol):
         if end >= 0:
             self._header_end = end + 2
             del hdr[end + 2 :]
-        elif len(hdr) > self.ctx.policy.max_header_size:
+        if len(hdr) > self.ctx.policy.max_header_size:
             self._header_overflow = True
 
     def _count_received(self) -> int:
