@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import signal
 import sys
@@ -14,8 +15,13 @@ from typing import Any, TextIO
 from albatross import bounce
 from albatross.api import AdminServer
 from albatross.config import Config
+from albatross.config.values import split_hostport
 from albatross.delivery import Courier
 from albatross.delivery.maildir import MaildirCourier
+from albatross.delivery.mx import RoutePolicy
+from albatross.delivery.smtp import Relay, SmtpCourier, Timeouts
+from albatross.delivery.tls import TlsPolicies, TlsPolicy
+from albatross.dns import DnsResolver, parse_server
 from albatross.model import Envelope, Recipient
 from albatross.observe import MailLog
 from albatross.routing.local import LocalMailboxes
@@ -41,6 +47,7 @@ class App:
         self.ctx: ServerContext | None = None
         self.scheduler: Scheduler | None = None
         self.admin: Any = None
+        self.couriers: dict[str, Courier] = {}
         self.mailboxes = LocalMailboxes(
             domains=frozenset(d.lower() for d in config.domains.local),
             users=frozenset(config.local.users), catch_all=config.local.catch_all,
@@ -114,14 +121,63 @@ class App:
               f"log {log_path})", file=self.out, flush=True)
 
     def _couriers(self) -> dict[str, Courier]:
-        return {"local": MaildirCourier(self.data_dir / "mail", self.mailboxes.mailbox,
-                                        hostname=self.config.hostname)}
+        """The Maildir courier for local domains, the SMTP courier for everything else, and
+        one SMTP courier per relay named in [delivery.domains]."""
+        cfg = self.config
+        d = cfg.delivery
+        resolver = DnsResolver([parse_server(d.dns)] if d.dns else None,
+                               timeout=d.dns_timeout)
+        ca = str(d.ca_file) if d.ca_file else None
+        tls = TlsPolicies(
+            default=TlsPolicy(d.tls, ca_file=ca),  # type: ignore[arg-type]
+            domains={dom: TlsPolicy(p["tls"], ca_file=ca) for dom, p in d.domains.items()
+                     if "tls" in p})
+        ours = {ip for ip, _port in cfg.smtp.listen_addresses
+                if _is_specific_ip(ip)} | set(d.local_addresses)
+        route_policy = RoutePolicy(local_addresses=frozenset(ours),
+                                   loopback_is_local=d.loopback_is_local,
+                                   our_domains=self.mailboxes.domains,
+                                   allow_literals=d.address_literals)
+        t = d.timeouts
+        timeouts = Timeouts(connect=t.connect, greeting=t.greeting, ehlo=t.ehlo,
+                            starttls=t.starttls, auth=t.ehlo, mail=t.mail, rcpt=t.rcpt,
+                            data=t.data, block=t.block, dot=t.dot)
+
+        def smtp(relay: Relay | None) -> SmtpCourier:
+            return SmtpCourier(resolver, helo_name=d.helo_name or cfg.hostname, port=d.port,
+                               tls_policy=tls, timeouts=timeouts,
+                               max_per_connection=d.max_per_connection,
+                               idle_timeout=d.idle_timeout, relay=relay,
+                               route_policy=route_policy)
+
+        smart = None
+        if d.relay:
+            host, port = split_hostport(d.relay)
+            smart = Relay(host, port, tls=TlsPolicy(d.relay_tls, ca_file=ca),  # type: ignore[arg-type]
+                          username=d.relay_username or None,
+                          password=d.relay_password or None)
+        couriers: dict[str, Courier] = {
+            "local": MaildirCourier(self.data_dir / "mail", self.mailboxes.mailbox,
+                                    hostname=cfg.hostname),
+            "smtp": smtp(smart),
+        }
+        for dom, p in d.domains.items():
+            if "relay" in p:
+                host, port = split_hostport(p["relay"])
+                couriers[f"relay:{p['relay']}"] = smtp(Relay(
+                    host, port, tls=tls.for_domain(dom)))
+        self.couriers = couriers
+        return couriers
 
     def route(self, recipient: Recipient, envelope: Envelope) -> Route:
-        """Transport choice: local domains to Maildir, everything else by SMTP."""
+        """Transport choice: local domains to Maildir, domains with their own relay to it,
+        everything else by SMTP to the MX hosts (or the smart host)."""
         domain = recipient.domain
         if not domain or self.mailboxes.is_local(domain):
             return Route("local", "local")
+        rule = self.config.delivery.domains.get(domain)
+        if rule and "relay" in rule:
+            return Route(f"relay:{rule['relay']}", domain)
         return Route("smtp", domain)
 
     def _build_scheduler(self) -> Scheduler:
@@ -132,7 +188,11 @@ class App:
             delay_warning=q.delay_warning, max_active=q.max_active,
             concurrency=q.concurrency, rate=q.rate, reporting_mta=cfg.hostname,
             postmaster=f"postmaster@{cfg.domains.local[0] if cfg.domains.local else cfg.hostname}",
-            max_returned=q.max_returned)
+            max_returned=q.max_returned,
+            overrides={dom: (int(p.get("concurrency", q.concurrency)),
+                             float(p.get("rate", q.rate)))
+                       for dom, p in cfg.delivery.domains.items()
+                       if "concurrency" in p or "rate" in p})
         assert self.spool is not None and self.log is not None
         return Scheduler(self.spool, self._couriers(), self.route, settings=settings,
                          log=self.log.event, dsn=bounce.build_dsn)
@@ -190,6 +250,11 @@ class App:
             await self.admin.stop()
         if self.scheduler is not None:
             await self.scheduler.stop(grace)
+        for courier in self.couriers.values():
+            close = getattr(courier, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -212,6 +277,13 @@ class App:
         await stop.wait()
         print("albatross: stopping", file=self.out, flush=True)
         await self.stop()
+
+
+def _is_specific_ip(host: str) -> bool:
+    try:
+        return not ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
 
 
 def _fmt(host: str, port: int) -> str:

@@ -19,6 +19,10 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["data_dir"] = args.data_dir
     if args.listen:
         overrides["smtp.listen"] = args.listen
+    if args.dns:
+        overrides["delivery.dns"] = args.dns
+    if args.relay_host:
+        overrides["delivery.relay"] = args.relay_host
     try:
         cfg = config.load(Path(args.config) if args.config else None, overrides)
     except ConfigError as exc:
@@ -26,6 +30,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 78
     try:
         return app.run(cfg)
+    except ConfigError as exc:
+        print(f"albatross: invalid configuration:\n{exc}", file=sys.stderr)
+        return 78
     except OSError as exc:
         print(f"albatross: cannot start: {exc}", file=sys.stderr)
         return 71
@@ -65,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default ./albatross-data)")
     serve.add_argument("--listen", metavar="HOST:PORT", action="append",
                        help="address to accept SMTP on (repeatable; default 127.0.0.1:2525)")
+    serve.add_argument("--dns", metavar="HOST:PORT",
+                       help="DNS server for delivery (default: /etc/resolv.conf)")
+    serve.add_argument("--relay-host", metavar="HOST:PORT",
+                       help="send all remote mail through this smart host")
     serve.set_defaults(func=_serve)
 
     cfg = sub.add_parser("config", help="configuration tools")

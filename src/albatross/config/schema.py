@@ -15,6 +15,7 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from albatross.config import values
 from albatross.config.values import Network
@@ -254,6 +255,96 @@ class QueueConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DeliveryTimeouts:
+    """How long the SMTP client waits at each stage (RFC 5321 §4.5.3.2)."""
+
+    connect: float = field(default=30.0, metadata={
+        "kind": values.duration(), "doc": "Opening the TCP connection to one address."})
+    greeting: float = field(default=300.0, metadata={
+        "kind": values.duration(), "doc": "The 220 greeting (RFC 5321: 5 minutes)."})
+    ehlo: float = field(default=300.0, metadata={
+        "kind": values.duration(), "doc": "The reply to EHLO or HELO."})
+    starttls: float = field(default=120.0, metadata={
+        "kind": values.duration(), "doc": "The reply to STARTTLS, and the handshake."})
+    mail: float = field(default=300.0, metadata={
+        "kind": values.duration(), "doc": "The reply to MAIL FROM (RFC 5321: 5 minutes)."})
+    rcpt: float = field(default=300.0, metadata={
+        "kind": values.duration(), "doc": "The reply to each RCPT TO (RFC 5321: 5 minutes)."})
+    data: float = field(default=120.0, metadata={
+        "kind": values.duration(), "doc": "The 354 reply to DATA (RFC 5321: 2 minutes)."})
+    block: float = field(default=180.0, metadata={
+        "kind": values.duration(), "doc": "Sending each block of message data (3 minutes)."})
+    dot: float = field(default=600.0, metadata={
+        "kind": values.duration(),
+        "doc": "The reply after the end of data (RFC 5321: 10 minutes)."})
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliveryConfig:
+    """Delivery of remote mail by SMTP: DNS, TLS, smart host, per-domain rules."""
+
+    helo_name: str = field(default="", metadata={
+        "kind": values.OPTIONAL_HOSTNAME,
+        "doc": 'Name sent in EHLO; "" uses hostname.'})
+    port: int = field(default=25, metadata={
+        "kind": values.integer(minimum=1, maximum=65535),
+        "doc": "Port of the MX hosts (25 everywhere on the internet; tests use others)."})
+    dns: str = field(default="", metadata={
+        "kind": values.HOSTPORT_DNS,
+        "doc": 'DNS server to ask, as "HOST:PORT" (port 53 if left out); "" uses the '
+               "servers of /etc/resolv.conf. `albatross serve --dns` sets it too."})
+    dns_timeout: float = field(default=5.0, metadata={
+        "kind": values.duration(), "doc": "How long one DNS lookup may take."})
+    tls: str = field(default="opportunistic", metadata={
+        "kind": values.choice(*values.TLS_POLICIES),
+        "doc": '"opportunistic" uses STARTTLS when offered and falls back to plain text if '
+               'the handshake fails; "required" defers mail to servers without TLS; '
+               '"verify" also requires a certificate valid for the MX host name; "none" '
+               "never uses TLS."})
+    ca_file: Path | None = field(default=None, metadata={
+        "kind": values.PATH,
+        "doc": 'PEM bundle of trusted CAs for "verify" instead of the system store.'})
+    relay: str = field(default="", metadata={
+        "kind": values.HOSTPORT,
+        "doc": 'Smart host: send all remote mail to "HOST:PORT" (port 25 if left out) instead '
+               "of the MX hosts. `albatross serve --relay-host` sets it too."})
+    relay_tls: str = field(default="opportunistic", metadata={
+        "kind": values.choice(*values.TLS_POLICIES),
+        "doc": "TLS policy towards the smart host (same values as tls)."})
+    relay_username: str = field(default="", metadata={
+        "kind": values.reply_text(255),
+        "doc": "User name for AUTH at the smart host; empty for none."})
+    relay_password: str = field(default="", metadata={
+        "kind": values.reply_text(255),
+        "doc": "Password for AUTH at the smart host. It is only ever sent over TLS."})
+    address_literals: bool = field(default=False, metadata={
+        "kind": values.BOOLEAN,
+        "doc": "Deliver to address literals (user@[192.0.2.1]) instead of bouncing them."})
+    local_addresses: tuple[str, ...] = field(default=(), metadata={
+        "kind": values.ADDRESSES,
+        "doc": "This host's own IP addresses: an MX resolving to one of them, for a domain "
+               "that is not local, is a mail loop (bounced 5.4.6)."})
+    loopback_is_local: bool = field(default=True, metadata={
+        "kind": values.BOOLEAN,
+        "doc": "Count 127.0.0.0/8 and ::1 as this host (loop detection). Tests that run "
+               '"remote" servers on loopback turn it off.'})
+    max_per_connection: int = field(default=100, metadata={
+        "kind": values.integer(minimum=1),
+        "doc": "Messages sent over one connection before it is closed."})
+    idle_timeout: float = field(default=30.0, metadata={
+        "kind": values.duration(),
+        "doc": "How long an idle connection is kept open for the next message."})
+    domains: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
+        "kind": values.DOMAIN_POLICIES,
+        "default_doc": "no per-domain rules",
+        "doc": 'Per-domain rules, e.g. `[delivery.domains."example.org"]` with `tls` (a TLS '
+               "policy), `relay` (send this domain's mail to HOST:PORT), `concurrency` and "
+               "`rate` (overriding [queue])."})
+    timeouts: DeliveryTimeouts = field(default_factory=DeliveryTimeouts, metadata={
+        "table": DeliveryTimeouts, "doc": DeliveryTimeouts.__doc__})
+
+
+@dataclass(frozen=True, kw_only=True)
 class RelayConfig:
     """Who may send mail through this server to domains that are not ours."""
 
@@ -329,6 +420,9 @@ class Config:
     })
     queue: QueueConfig = field(default_factory=QueueConfig, metadata={
         "table": QueueConfig, "doc": QueueConfig.__doc__,
+    })
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig, metadata={
+        "table": DeliveryConfig, "doc": DeliveryConfig.__doc__,
     })
     log: LogConfig = field(default_factory=LogConfig, metadata={
         "table": LogConfig, "doc": LogConfig.__doc__,

@@ -404,3 +404,120 @@ def number(minimum: float = 0.0) -> Kind[float]:
         return float(raw)
 
     return Kind(f"number >= {minimum:g}", parse, lambda v: f"{v:g}")
+
+
+# --- delivery ----------------------------------------------------------------------------
+
+TLS_POLICIES = ("none", "opportunistic", "required", "verify")
+
+
+def _parse_hostport(raw: Any, default_port: int = 25) -> str:
+    """'host', 'host:port', '[v6]:port', '1.2.3.4:587' -> normalised 'host:port'."""
+    if not isinstance(raw, str) or not raw:
+        raise Invalid(f'must be "HOST" or "HOST:PORT", got {shown(raw)}')
+    text = raw.strip()
+    if text.startswith("[") and "]" in text:
+        host, _, rest = text[1:].partition("]")
+        port_s = rest[1:] if rest.startswith(":") else ""
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if not is_hostname(host):
+                raise Invalid(f"bad host in {shown(raw)}") from None
+    else:
+        host, sep, port_s = text.rpartition(":")
+        if not sep:
+            host, port_s = text, ""
+        if not is_hostname(host):
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise Invalid(f"bad host in {shown(raw)}") from None
+    port = default_port
+    if port_s:
+        if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+            raise Invalid(f"port must be 1..65535 in {shown(raw)}")
+        port = int(port_s)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def split_hostport(text: str) -> tuple[str, int]:
+    """The inverse of _parse_hostport's normal form."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:])
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+HOSTPORT: Kind[str] = Kind('"HOST:PORT" or ""', lambda raw: "" if raw == "" else
+                           _parse_hostport(raw), toml_string)
+
+_DOMAIN_KEYS = {"tls": "one of " + ", ".join(TLS_POLICIES), "relay": '"HOST:PORT"',
+                "concurrency": "integer >= 1", "rate": "number >= 0"}
+
+
+def _parse_domain_policies(raw: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(raw, dict):
+        raise Invalid(f"must be a table of domains, got {shown(raw)}")
+    out: dict[str, dict[str, Any]] = {}
+    for domain, table in raw.items():
+        name = _parse_domain(domain)
+        if not isinstance(table, dict):
+            raise Invalid(f"{domain}: must be a table, got {shown(table)}")
+        entry: dict[str, Any] = {}
+        for key, value in table.items():
+            where = f"{domain}.{key}"
+            if key not in _DOMAIN_KEYS:
+                raise Invalid(f"{where}: unknown key; known keys: {', '.join(_DOMAIN_KEYS)}")
+            if key == "tls":
+                if value not in TLS_POLICIES:
+                    raise Invalid(f"{where}: must be {_DOMAIN_KEYS[key]}, got {shown(value)}")
+            elif key == "relay":
+                try:
+                    value = _parse_hostport(value)
+                except Invalid as exc:
+                    raise Invalid(f"{where}: {exc.message}") from None
+            elif key == "concurrency":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise Invalid(f"{where}: must be an integer >= 1, got {shown(value)}")
+            elif key == "rate" and (isinstance(value, bool) or not isinstance(value, int | float)
+                                    or value < 0):
+                raise Invalid(f"{where}: must be a number >= 0, got {shown(value)}")
+            entry[key] = value
+        out[name] = entry
+    return out
+
+
+def _show_domain_policies(value: dict[str, dict[str, Any]]) -> str:
+    return "{}" if not value else "{ " + ", ".join(
+        f"{toml_string(d)} = {{ ... }}" for d in value) + " }"
+
+
+DOMAIN_POLICIES: Kind[dict[str, dict[str, Any]]] = Kind(
+    "table of domain -> { tls, relay, concurrency, rate }", _parse_domain_policies,
+    _show_domain_policies)
+
+
+def _parse_addresses(raw: Any) -> tuple[str, ...]:
+    def one(item: Any) -> str:
+        try:
+            return str(ipaddress.ip_address(item))
+        except (ValueError, TypeError):
+            raise Invalid(f"must be an IP address, got {shown(item)}") from None
+
+    return tuple(dict.fromkeys(_each(raw, "IP addresses", one)))
+
+
+ADDRESSES: Kind[tuple[str, ...]] = Kind("list of IP addresses", _parse_addresses, _show_list)
+
+
+HOSTPORT_DNS: Kind[str] = Kind('"HOST:PORT" or ""', lambda raw: "" if raw == "" else
+                               _parse_hostport(raw, 53), toml_string)
+
+
+def _parse_optional_hostname(raw: Any) -> str:
+    return "" if raw == "" else _parse_hostname(raw)
+
+
+OPTIONAL_HOSTNAME: Kind[str] = Kind('hostname or ""', _parse_optional_hostname, toml_string)
