@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import Daemon, make_daemon
 from tests.dnszone import AuthServer, standard_zones
 from tests.remote import SMARTHOST_PASSWORD, SMARTHOST_USER, Internet
-from tests.remote import internet as internet  # noqa: F401  (the module-scoped fixture)
+from tests.remote import internet as internet  # the module-scoped fixture
 
 pytestmark = pytest.mark.slow
 
