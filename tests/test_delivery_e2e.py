@@ -325,3 +325,80 @@ def test_kill_9_during_relay_load_loses_nothing(tmp_path: Path, internet: Intern
         wait_until(all_there, timeout=60, what="every acknowledged message at the sink")
     finally:
         d.stop()
+
+
+def test_ipv6_mx(tmp_path: Path, internet: Internet, dns_server: AuthServer) -> None:
+    internet.clear()
+    d = start(tmp_path, dns_server)
+    try:
+        send(d, ["six@v6only.test"])
+        [msg] = internet.mx2.wait_for(1, timeout=30, user="six@v6only.test")
+    finally:
+        d.stop()
+    [delivered] = events(d, "delivered")
+    assert "[::1]" in str(delivered["relay"])
+    assert b"Subject: e2e" in msg
+
+
+def test_per_domain_relay_rule(tmp_path: Path, internet: Internet,
+                               dns_server: AuthServer) -> None:
+    """[delivery.domains] sends one domain to its own next hop, whatever DNS says."""
+    internet.clear()
+    d = start(tmp_path, dns_server, delivery=(
+        '[delivery.domains."example.test"]\nrelay = "127.0.0.6:25"\ntls = "none"\n'))
+    try:
+        send(d, ["routed@example.test"])
+        [msg] = internet.equal_b.wait_for(1, timeout=30)
+    finally:
+        d.stop()
+    assert msg.recipients == ["routed@example.test"]
+    assert internet.mx1.messages() == []
+
+
+def test_servers_without_pipelining_8bitmime_or_tls(tmp_path: Path, internet: Internet,
+                                                    dns_server: AuthServer) -> None:
+    internet.clear()
+    d = start(tmp_path, dns_server)
+    try:
+        send(d, ["one@[127.0.0.9]", "two@[127.0.0.9]"])
+        [tx] = internet.plain.wait_for(1, timeout=30)
+    finally:
+        d.stop()
+    commands = [c.split(b":")[0].split(b" ")[0].upper() for c in internet.plain.commands()]
+    # One command at a time, no STARTTLS, no parameters the server did not offer.
+    assert b"STARTTLS" not in commands
+    assert all(b"BODY=" not in c and b"SMTPUTF8" not in c for c in internet.plain.commands())
+    assert commands[:5] == [b"EHLO", b"MAIL", b"RCPT", b"RCPT", b"DATA"]
+    assert b"Hello." in tx.content
+
+
+def test_dns_temporary_failure_defers(tmp_path: Path, internet: Internet) -> None:
+    from tests.dnszone import FaultServer
+
+    with FaultServer(standard_zones(), faults={"example.test": "servfail"}) as faulty:
+        d = start(tmp_path, faulty)  # type: ignore[arg-type]
+        try:
+            qid = send(d, ["dns@example.test"])
+            [deferred] = wait_until(lambda: events(d, "deferred"), what="a deferral")  # type: ignore[misc]
+            assert d.ids() == [qid]  # kept for a retry, not bounced
+        finally:
+            d.stop()
+    assert deferred["category"] == "dns"
+    assert str(deferred["reply"]).startswith("4")
+    assert not events(d, "bounced")
+
+
+def test_unknown_local_user_is_refused_at_rcpt(tmp_path: Path, dns_server: AuthServer) -> None:
+    extra = '[local]\nusers = ["alice"]\n'
+    d = make_daemon(tmp_path, extra=extra)
+    d.start()
+    try:
+        with smtplib.SMTP(d.host, d.port, timeout=10) as s:
+            s.ehlo("c.example")
+            s.mail("x@example.org")
+            code, resp = s.rcpt("nobody@localhost")
+            assert (code, resp[:5]) == (550, b"5.1.1")
+            assert s.rcpt("Alice+tag@localhost")[0] == 250
+            assert s.rcpt("postmaster@localhost")[0] == 250  # always, RFC 5321 §4.5.1
+    finally:
+        d.stop()

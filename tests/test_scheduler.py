@@ -89,9 +89,9 @@ class Harness:
                                log=lambda e, **f: self.events.append((e, f)), dsn=fake_dsn,
                                rnd=random.Random(1))
 
-    async def settle(self) -> None:
-        """Run ticks until nothing is in flight."""
-        for _ in range(200):
+    async def settle(self, rounds: int = 200) -> None:
+        """Run ticks until nothing is in flight (a round is about 5 ms)."""
+        for _ in range(rounds):
             await self.sched.tick()
             if not self.sched.active and not self.sched._tasks:
                 return
@@ -306,3 +306,15 @@ async def test_a_courier_bug_defers_instead_of_losing(spool: Spool) -> None:
     assert spool.ids() == [qid]
     assert spool.schedule(qid).attempts == 1  # type: ignore[union-attr]
     assert any(e == "error" for e in h.names())
+
+
+async def test_rate_limit_per_destination(spool: Spool) -> None:
+    # 120 per minute = 2 per second, with a burst of 2: five messages take about 1.5 s.
+    h = make(spool, rate=120.0)
+    for i in range(5):
+        await queue(spool, "a@example.org", [f"u{i}@slow.test"], h.clock.now)
+    started = asyncio.get_running_loop().time()
+    await h.settle(rounds=1000)
+    elapsed = asyncio.get_running_loop().time() - started
+    assert len(h.courier.calls) == 5 and spool.ids() == []
+    assert elapsed >= 1.0

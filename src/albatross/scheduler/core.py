@@ -85,8 +85,6 @@ class _Active:
 class _Destination:
     active: int = 0
     waiting: deque[tuple[_Active, Route, tuple[Recipient, ...]]] = field(default_factory=deque)
-    tokens: float = 0.0
-    refilled: float = 0.0
 
 
 class Scheduler:
@@ -107,6 +105,7 @@ class Scheduler:
         self.rnd = rnd or random.Random()
         self.active: dict[str, _Active] = {}
         self.destinations: dict[str, _Destination] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # rate limits: (tokens, when)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -211,16 +210,21 @@ class Scheduler:
         concurrency, rate = self._limits(name)
         while dest.waiting and dest.active < concurrency:
             if rate > 0:
+                # A token bucket per destination, kept while the destination is idle too
+                # (so a rate holds across messages that arrive one at a time).
                 now = time.monotonic()
                 per_second = rate / 60.0
-                dest.tokens = min(max(1.0, per_second), dest.tokens
-                                  + (now - dest.refilled) * per_second)
-                dest.refilled = now
-                if dest.tokens < 1.0:
-                    wait = (1.0 - dest.tokens) / per_second
+                burst = max(1.0, per_second)
+                tokens, refilled = self._buckets.get(name, (burst, now))
+                tokens = min(burst, tokens + (now - refilled) * per_second)
+                if tokens < 1.0:
+                    self._buckets[name] = (tokens, now)
+                    wait = (1.0 - tokens) / per_second
                     asyncio.get_running_loop().call_later(wait, self._pump, name)
                     return
-                dest.tokens -= 1.0
+                self._buckets[name] = (tokens - 1.0, now)
+                if len(self._buckets) > 10000:
+                    self._prune_buckets(now)
             msg, route, rcpts = dest.waiting.popleft()
             dest.active += 1
             task = asyncio.get_running_loop().create_task(self._deliver(msg, route, rcpts))
@@ -228,6 +232,13 @@ class Scheduler:
             task.add_done_callback(self._tasks.discard)
         if not dest.waiting and dest.active == 0:
             del self.destinations[name]
+
+    def _prune_buckets(self, now: float) -> None:
+        """Forget buckets that have refilled completely: they hold no information."""
+        for name, (tokens, refilled) in list(self._buckets.items()):
+            rate = self._limits(name)[1] / 60.0
+            if rate <= 0 or tokens + (now - refilled) * rate >= max(1.0, rate):
+                del self._buckets[name]
 
     async def _deliver(self, msg: _Active, route: Route, rcpts: tuple[Recipient, ...]) -> None:
         courier = self.couriers.get(route.transport)
