@@ -45,6 +45,9 @@ class Limits:
     max_errors: int = 20
     bare_line_endings: str = "reject"  # or "normalize"
     tls_available: bool = False
+    auth_mechanisms: tuple[str, ...] = ()  # e.g. ("PLAIN", "LOGIN"); empty: no AUTH
+    auth_requires_tls: bool = True  # RFC 4954 §4: no plaintext passwords in the clear
+    max_auth_line: int = 12288  # RFC 4954 §4: an AUTH exchange line, CRLF included
 
 
 class State(enum.Enum):
@@ -55,6 +58,7 @@ class State(enum.Enum):
     DATA = "data"  # reading DATA content
     BDAT = "bdat"  # reading a BDAT chunk
     TLS = "tls"  # 220 to STARTTLS sent, waiting for the handshake
+    AUTH = "auth"  # a 334 challenge sent, waiting for the client's response line
     REFUSED = "refused"  # a 554 greeting: only QUIT is useful (RFC 5321 §3.1)
     CLOSED = "closed"
 
@@ -91,6 +95,23 @@ class RcptTo:
 class StartTLS:
     """STARTTLS; needs a decision. accept() sends 220; then the driver does the handshake
     and calls tls_established()."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """AUTH <mechanism> [initial-response]; needs a decision: auth_challenge(),
+    or respond() with 235 (success) or a refusal."""
+
+    mechanism: str
+    initial: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResponse:
+    """The client's answer to a 334 challenge (base64 text, never "*"); needs a decision
+    like AuthRequest."""
+
+    line: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +153,9 @@ class Closed:
     reason: str
 
 
-Event = (Hello | MailFrom | RcptTo | StartTLS | MessageStart | MessageData | MessageEnd
-         | MessageAborted | Reset | Closed)
-_DECISIONS = (Hello, MailFrom, RcptTo, StartTLS, MessageEnd)
+Event = (Hello | MailFrom | RcptTo | StartTLS | AuthRequest | AuthResponse | MessageStart
+         | MessageData | MessageEnd | MessageAborted | Reset | Closed)
+_DECISIONS = (Hello, MailFrom, RcptTo, StartTLS, AuthRequest, AuthResponse, MessageEnd)
 
 
 @dataclass(slots=True)
@@ -187,6 +208,14 @@ R_HELP = Reply(214, "2.0.0",
 R_NO_TLS = Reply(502, "5.5.1", "Error: STARTTLS not available")
 R_REFUSED = Reply(503, "5.7.0", "Error: service refused, please QUIT")
 R_AUTH = Reply(502, "5.5.1", "Error: AUTH not available")
+R_AUTH_DONE = Reply(235, "2.7.0", "Authentication successful")
+R_AUTH_TWICE = Reply(503, "5.5.1", "Error: already authenticated")
+R_AUTH_IN_MAIL = Reply(503, "5.5.1", "Error: AUTH not allowed during a mail transaction")
+R_AUTH_NEEDS_TLS = Reply(538, "5.7.11", "Error: encryption required for authentication")
+R_AUTH_MECH = Reply(504, "5.5.4", "Error: unrecognized authentication mechanism")
+R_AUTH_CANCELLED = Reply(501, "5.0.0", "Authentication cancelled")
+R_AUTH_LONG = Reply(500, "5.5.6", "Error: authentication exchange line is too long")
+R_AUTH_SYNTAX = Reply(501, "5.5.2", "Error: cannot decode the authentication response")
 
 # A client speaking HTTP to an SMTP port is a cross-protocol attack or a confused scanner.
 _HTTP_VERBS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "CONNECT",
@@ -204,6 +233,7 @@ class ServerConnection:
         self.extended = False
         self.tls_active = False
         self.errors = 0
+        self.authenticated = False
         self.transaction = Transaction()
         self.closed_reason: str | None = None
         self._buf = bytearray()
@@ -279,6 +309,9 @@ class ServerConnection:
                     break
             elif st in (State.CLOSED, State.TLS, State.GREETING):
                 break
+            elif st is State.AUTH:
+                if not self._auth_step():
+                    break
             elif not self._command_step():
                 break
         if self._events:
@@ -317,7 +350,23 @@ class ServerConnection:
             # which means "ended without a message".
             self.transaction = Transaction()
             self.state = State.READY
+        elif isinstance(ev, AuthRequest | AuthResponse):
+            self.state = State.READY
+            if reply.code == 235:
+                self.authenticated = True
         self._send(reply)
+
+    def auth_challenge(self, challenge: str) -> None:
+        """Answer a pending AuthRequest/AuthResponse with `334 <challenge>` (base64 text);
+        the client's next line comes back as AuthResponse."""
+        ev = self._pending
+        if not isinstance(ev, AuthRequest | AuthResponse):
+            raise ProtocolError("no AUTH exchange pending")
+        if "\r" in challenge or "\n" in challenge:
+            raise ProtocolError("a challenge is one line")
+        self._pending = None
+        self._out.append(f"334 {challenge}\r\n".encode("ascii"))
+        self.state = State.AUTH
 
     def accept(self) -> None:
         """Answer the pending decision with its usual positive reply."""
@@ -333,6 +382,8 @@ class ServerConnection:
             self.respond(R_TLS_GO)
         elif isinstance(ev, MessageEnd):
             self.respond(Reply(250, "2.0.0", "Ok: queued"))
+        elif isinstance(ev, AuthRequest | AuthResponse):
+            self.respond(R_AUTH_DONE)
         else:
             raise ProtocolError("no decision pending")
 
@@ -343,6 +394,7 @@ class ServerConnection:
         self.tls_active = True
         self.helo = None
         self.extended = False
+        self.authenticated = False
         self._reset_transaction()
         self._ehlo_reply = self._build_ehlo()
         self.state = State.INIT
@@ -398,6 +450,9 @@ class ServerConnection:
         ]
         if self.limits.tls_available and not self.tls_active:
             lines.append("STARTTLS")
+        if self.limits.auth_mechanisms and (self.tls_active
+                                            or not self.limits.auth_requires_tls):
+            lines.append("AUTH " + " ".join(self.limits.auth_mechanisms))
         return Reply(250, "", "\n".join(lines))
 
     # --- command mode ------------------------------------------------------------------------
@@ -637,7 +692,67 @@ class ServerConnection:
         self._send(R_HELP)
 
     def _auth(self, arg: str) -> None:
-        self._send(R_AUTH)
+        limits = self.limits
+        if not limits.auth_mechanisms:
+            self._send(R_AUTH)
+            return
+        if self.state is State.INIT:
+            self._send(R_NEED_HELO)
+            return
+        if self.authenticated:
+            self._send(R_AUTH_TWICE)
+            return
+        if self.state is State.MAIL:
+            self._send(R_AUTH_IN_MAIL)
+            return
+        if limits.auth_requires_tls and not self.tls_active:
+            self._send(R_AUTH_NEEDS_TLS)
+            return
+        parts = arg.split(" ")
+        if not arg or len(parts) > 2:
+            self._send(Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]"))
+            return
+        mechanism = parts[0].upper()
+        if mechanism not in limits.auth_mechanisms:
+            self._send(R_AUTH_MECH)
+            return
+        initial = parts[1] if len(parts) == 2 else None
+        if initial == "*":
+            self._send(R_AUTH_CANCELLED)
+            return
+        self._events.append(AuthRequest(mechanism, initial))
+
+    def _auth_step(self) -> bool:
+        """Read the client's response to a 334 challenge (RFC 4954 §4)."""
+        buf = self._buf
+        lf = buf.find(b"\n")
+        limit = self.limits.max_auth_line
+        if lf < 0:
+            if len(buf) >= limit:
+                self._discard_line = True
+                del buf[:-1]
+                self.state = State.READY
+                self._send(R_AUTH_LONG)
+            return False
+        raw = bytes(buf[: lf + 1])
+        del buf[: lf + 1]
+        line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+        if len(raw) > limit:
+            self.state = State.READY
+            self._send(R_AUTH_LONG)
+            return True
+        try:
+            text = line.decode("ascii").strip(" ")
+        except UnicodeDecodeError:
+            self.state = State.READY
+            self._send(R_AUTH_SYNTAX)
+            return True
+        if text == "*":
+            self.state = State.READY
+            self._send(R_AUTH_CANCELLED)
+            return True
+        self._events.append(AuthResponse(text))
+        return True
 
     def _starttls(self, arg: str) -> None:
         if arg:
