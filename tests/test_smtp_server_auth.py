@@ -29,11 +29,11 @@ def session(limits: Limits = LIMITS, tls: bool = True) -> ServerConnection:
     c.greet(Reply(220, "", "mx.test ESMTP"))
     if tls:
         c.receive_data(b"EHLO c\r\nSTARTTLS\r\n")
-        while (ev := c.next_event()) is not None:
+        while c.next_event() is not None:
             c.accept()
         c.tls_established()
     c.receive_data(b"EHLO c\r\n")
-    ev = c.next_event()
+    assert c.next_event() is not None
     c.accept()
     c.data_to_send()
     return c
