@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import os
 import signal
@@ -54,6 +55,7 @@ class App:
             delimiter=config.local.recipient_delimiter)
         self.servers: list[asyncio.Server] = []
         self.addresses: list[tuple[str, int]] = []
+        self.roles: list[str] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
 
@@ -100,22 +102,27 @@ class App:
         )
         loop = asyncio.get_running_loop()
         ctx = self.ctx
-        for host, port in smtp.listen_addresses:
+        for role, host, port in smtp.listeners:
             bind: str | None = None if host in ("*", "") else host
-            server = await loop.create_server(lambda: Session(ctx), bind, port,
-                                              reuse_address=True, backlog=1024)
+            server = await loop.create_server(
+                functools.partial(Session, ctx, role), bind, port, reuse_address=True,
+                backlog=1024, ssl=tls if role == "submissions" else None,
+                ssl_handshake_timeout=smtp.timeouts.tls_handshake if role == "submissions"
+                else None)
             self.servers.append(server)
             for sock in server.sockets:
                 name = sock.getsockname()
                 self.addresses.append((str(name[0]), int(name[1])))
-                self.log.event("listening", address=f"{name[0]}:{name[1]}")
+                self.roles.append(role)
+                self.log.event("listening", address=f"{name[0]}:{name[1]}", role=role)
         if cfg.queue.deliver:
             self.scheduler.start()
         self.admin = AdminServer(Admin(self.scheduler), self.data_dir / "admin.sock")
         await self.admin.start()
         self._tasks.append(loop.create_task(self._flush_log()))
         self._tasks.append(loop.create_task(self._sweep()))
-        listening = ", ".join(_fmt(h, p) for h, p in self.addresses)
+        listening = ", ".join(_fmt(h, p) + ("" if r == "mx" else f" ({r})")
+                              for (h, p), r in zip(self.addresses, self.roles, strict=True))
         print(f"albatross: listening on {listening}", file=self.out, flush=True)
         print(f"albatross: data in {self.data_dir} (queue {self.data_dir / 'queue.db'}, "
               f"log {log_path})", file=self.out, flush=True)

@@ -65,10 +65,20 @@ class SmtpConfig:
 
     listen: tuple[str, ...] = field(default=("127.0.0.1:2525",), metadata={
         "kind": values.LISTEN,
-        "doc": 'Addresses to accept SMTP connections on, as "HOST:PORT"; write IPv6 '
-               'addresses in brackets ("[::1]:2525"). HOST is an IP address or a host name; '
-               '"0.0.0.0" and "[::]" mean every address. The `listen_addresses` property '
-               "gives them parsed as (host, port) pairs.",
+        "doc": 'Addresses for the mx role, as "HOST:PORT" (port 25 on the internet): mail '
+               "for our domains from anyone, relaying only for trusted networks and "
+               'authenticated clients. Write IPv6 addresses in brackets ("[::1]:2525"); '
+               '"0.0.0.0" and "[::]" mean every address.',
+    })
+    submission: tuple[str, ...] = field(default=(), metadata={
+        "kind": values.LISTEN_OPTIONAL,
+        "doc": 'Addresses for the submission role (RFC 6409, usually port 587): STARTTLS, '
+               'then AUTH before MAIL. Example: ["0.0.0.0:587"].',
+    })
+    submissions: tuple[str, ...] = field(default=(), metadata={
+        "kind": values.LISTEN_OPTIONAL,
+        "doc": 'Addresses for the submissions role (RFC 8314, usually port 465): TLS from '
+               'the first byte, then AUTH before MAIL.',
     })
     max_message_size: int = field(default=50 << 20, metadata={
         "kind": values.size(minimum=1),
@@ -137,6 +147,15 @@ class SmtpConfig:
     def listen_addresses(self) -> tuple[tuple[str, int], ...]:
         """`listen` parsed into (host, port) pairs, IPv6 hosts without brackets."""
         return tuple(values.parse_listen(item) for item in self.listen)
+
+    @property
+    def listeners(self) -> tuple[tuple[str, str, int], ...]:
+        """Every listener as (role, host, port): "mx" for `listen`, then the submission
+        roles."""
+        return tuple((role, *values.parse_listen(item))
+                     for role, items in (("mx", self.listen), ("submission", self.submission),
+                                         ("submissions", self.submissions))
+                     for item in items)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -296,7 +296,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _parse_listen_list(raw: Any) -> tuple[str, ...]:
+def _parse_listen_list(raw: Any, nonempty: bool = True) -> tuple[str, ...]:
     seen: set[tuple[str, int]] = set()
 
     def parse_item(item: Any) -> str:
@@ -312,10 +312,13 @@ def _parse_listen_list(raw: Any) -> tuple[str, ...]:
         seen.add(endpoint)
         return item
 
-    return tuple(_each(raw, '"HOST:PORT" strings', parse_item, nonempty=True))
+    return tuple(_each(raw, '"HOST:PORT" strings', parse_item, nonempty=nonempty))
 
 
 LISTEN: Kind[tuple[str, ...]] = Kind('list of "HOST:PORT"', _parse_listen_list, _show_list)
+LISTEN_OPTIONAL: Kind[tuple[str, ...]] = Kind(
+    'list of "HOST:PORT" (may be empty)', lambda raw: _parse_listen_list(raw, False),
+    _show_list)
 
 
 def _parse_network(raw: Any) -> Network:

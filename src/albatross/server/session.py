@@ -42,6 +42,7 @@ R_TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded, closing connection")
 R_NO_SPACE = Reply(452, "4.3.1", "Insufficient system storage, try again later")
 R_RELAY_DENIED = Reply(554, "5.7.1", "Error: relay access denied")
 R_NO_USER = Reply(550, "5.1.1", "Error: no such user here")
+R_AUTH_REQUIRED = Reply(530, "5.7.0", "Error: authentication required")
 R_LOOP = Reply(554, "5.4.6", "Error: too many Received headers, mail loop detected")
 R_HEADER_TOO_BIG = Reply(552, "5.3.4", "Error: message header block too large")
 R_STORE_FAILED = Reply(451, "4.3.0", "Error: could not store the message, try again later")
@@ -113,16 +114,19 @@ _dates = _DateCache()
 
 
 class Session(asyncio.Protocol):
-    """One SMTP connection."""
+    """One SMTP connection, in one role: "mx" (port 25), "submission" (587: STARTTLS, then
+    AUTH before MAIL) or "submissions" (465: TLS from the first byte, then AUTH)."""
 
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: ServerContext, role: str = "mx") -> None:
         self.ctx = ctx
-        self.conn = ServerConnection(ctx.limits)
+        self.role = role
+        self.conn = ServerConnection(ctx.limits, tls_active=role == "submissions")
         self.sid = f"s{ctx.ids():x}"
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
         self.peer_port = 0
         self.tls_info: str | None = None
+        self.auth_identity: str | None = None
         self.last_active = 0.0
         self._busy = False  # a decision is being awaited (commit, TLS handshake)
         self._paused = False
@@ -145,8 +149,11 @@ class Session(asyncio.Protocol):
         ctx = self.ctx
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer_ip, self.peer_port = str(peer[0]), int(peer[1])
+        if self.role == "submissions":  # implicit TLS: the handshake is already done
+            self.tls_info = describe(transport.get_extra_info("ssl_object"))
         self.last_active = time.monotonic()
-        ctx.log.event("connect", session=self.sid, client=self.peer_ip, port=self.peer_port)
+        ctx.log.event("connect", session=self.sid, client=self.peer_ip, port=self.peer_port,
+                      role=self.role, tls=self.tls_info)
         reply: Reply
         if ctx.shutting_down:
             reply = R_SHUTDOWN
@@ -275,6 +282,10 @@ class Session(asyncio.Protocol):
         self.conn.accept()
 
     def _on_mail(self, ev: MailFrom) -> None:
+        if self.role != "mx" and not self.conn.authenticated:
+            # RFC 6409 §4.3 and RFC 8314: the submission ports take mail only after AUTH.
+            self._reject("mail", R_AUTH_REQUIRED, sender=_addr(ev.sender))
+            return
         size = ev.params.size or self.ctx.limits.max_message_size
         if not self.ctx.spool.has_space_for(size):
             self._reject("mail", R_NO_SPACE, sender=_addr(ev.sender))
@@ -292,9 +303,9 @@ class Session(asyncio.Protocol):
                 self.conn.accept()
             else:
                 self._reject("rcpt", R_NO_USER, recipient=address)
-        elif pol.is_trusted(self.peer_ip):
-            # No open relay (ARCHITECTURE.md): mail for others' domains only from trusted
-            # networks until authentication arrives (issue 4).
+        elif self.conn.authenticated or pol.is_trusted(self.peer_ip):
+            # No open relay (ARCHITECTURE.md): mail for others' domains only from
+            # authenticated clients and trusted networks.
             self.conn.accept()
         else:
             self._reject("rcpt", R_RELAY_DENIED, recipient=str(rcpt))
@@ -323,9 +334,7 @@ class Session(asyncio.Protocol):
         """Our trace header, RFC 5321 §4.4 (with the TLS details when used)."""
         tr = self.conn.transaction
         utf8 = tr.params is not None and tr.params.smtputf8
-        proto = ("UTF8SMTP" if utf8 else "ESMTP" if self.conn.extended else "SMTP")
-        if self.tls_info:
-            proto += "S"
+        proto = self._protocol(utf8)
         helo = self.conn.helo or "unknown"
         lines = [f"Received: from {helo} ([{self.peer_ip}])",
                  f"\tby {self.ctx.limits.hostname} (Albatross) with {proto} id {qid}"]
@@ -338,6 +347,15 @@ class Session(asyncio.Protocol):
             lines[-1] += ";"
             lines.append(f"\t{_dates.now()}")
         return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+    def _protocol(self, utf8: bool) -> str:
+        """The "with" protocol of RFC 3848 / RFC 6531: ESMTP, ESMTPS, ESMTPSA, UTF8SMTPSA..."""
+        proto = "UTF8SMTP" if utf8 else "ESMTP" if self.conn.extended else "SMTP"
+        if self.tls_info:
+            proto += "S"
+        if self.conn.authenticated:
+            proto += "A"
+        return proto
 
     def _on_data(self, data: bytes) -> bool:
         """Collect content; True when enough is waiting to be handed to the spool now
@@ -428,8 +446,9 @@ class Session(asyncio.Protocol):
             client_ip=self.peer_ip,
             client_port=self.peer_port,
             helo=self.conn.helo or "",
-            protocol=("ESMTP" if self.conn.extended else "SMTP") + ("S" if self.tls_info else ""),
+            protocol=self._protocol(params is not None and params.smtputf8),
             tls=self.tls_info,
+            auth=self.auth_identity,
             arrival=time.time(),
             source="smtp",
         )

@@ -226,12 +226,13 @@ _MAX_BDAT_DIGITS = 18
 class ServerConnection:
     """One SMTP server session as a state machine (see the module docstring)."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, *, tls_active: bool = False) -> None:
+        """`tls_active` for a connection that is TLS from its first byte (RFC 8314)."""
         self.limits = limits
         self.state = State.GREETING
         self.helo: str | None = None
         self.extended = False
-        self.tls_active = False
+        self.tls_active = tls_active
         self.errors = 0
         self.authenticated = False
         self.transaction = Transaction()
