@@ -8,6 +8,7 @@ import functools
 import ipaddress
 import os
 import signal
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from albatross.observe import MailLog
 from albatross.routing.local import LocalMailboxes
 from albatross.scheduler import Admin, Route, Scheduler, SchedulerSettings
 from albatross.server import ServerContext, Session, SessionPolicy
-from albatross.server.tls import self_signed, server_context
+from albatross.server.tls import Certificates, self_signed
 from albatross.smtp.server import Limits
 from albatross.spool import Spool
 
@@ -56,6 +57,7 @@ class App:
         self.servers: list[asyncio.Server] = []
         self.addresses: list[tuple[str, int]] = []
         self.roles: list[str] = []
+        self.certificates: Certificates | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
 
@@ -72,7 +74,8 @@ class App:
             cert, key = cfg.tls.cert_file, cfg.tls.key_file
         else:
             cert, key = await asyncio.to_thread(self_signed, self.data_dir / "tls", cfg.hostname)
-        tls = server_context(cert, key)
+        self.certificates = Certificates((cert, key), cfg.tls.certificates)
+        tls = self.certificates.context
         smtp = cfg.smtp
         limits = Limits(
             hostname=cfg.hostname,
@@ -226,6 +229,18 @@ class App:
                     if self.log is not None:
                         self.log.event("error", where="pickup", error=repr(exc))
 
+    def reload(self) -> None:
+        """SIGHUP: load the TLS certificates again (sessions in progress keep theirs)."""
+        if self.certificates is None or self.log is None:
+            return
+        try:
+            self.certificates.reload()
+        except (OSError, ssl.SSLError) as exc:
+            self.log.event("error", where="reload", error=f"TLS certificates not reloaded: {exc}")
+            return
+        self.log.event("reload", what="tls", certificates=1 + len(
+            self.certificates.by_name_files))
+
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let open sessions finish for `grace` seconds, tempfail the rest,
         drain pending commits and close the spool."""
@@ -280,6 +295,7 @@ class App:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
         await stop.wait()
         print("albatross: stopping", file=self.out, flush=True)

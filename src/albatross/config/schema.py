@@ -173,6 +173,14 @@ class TlsConfig:
         "kind": values.PATH,
         "doc": "PEM private key for cert_file; resolved like cert_file and must exist.",
     })
+    certificates: dict[str, tuple[Path, Path]] = field(default_factory=dict, metadata={
+        "kind": values.SNI_CERTIFICATES,
+        "default_doc": "none",
+        "doc": "More certificates, chosen by the name the client asks for (SNI), e.g. "
+               '`[tls.certificates."mail.example.org"]` with cert_file and key_file; '
+               '"*.example.org" matches one label. Other names get cert_file. SIGHUP '
+               "reloads every certificate without dropping sessions.",
+    })
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -524,3 +524,29 @@ def _parse_optional_hostname(raw: Any) -> str:
 
 
 OPTIONAL_HOSTNAME: Kind[str] = Kind('hostname or ""', _parse_optional_hostname, toml_string)
+
+
+def _parse_sni_certificates(raw: Any) -> dict[str, tuple[Path, Path]]:
+    if not isinstance(raw, dict):
+        raise Invalid(f"must be a table of host names, got {shown(raw)}")
+    out: dict[str, tuple[Path, Path]] = {}
+    for name, table in raw.items():
+        host = name.lower()
+        wildcard = host.startswith("*.")
+        if not is_hostname(host[2:] if wildcard else host):
+            raise Invalid(f"{name}: not a host name (or *.domain)")
+        if not isinstance(table, dict) or set(table) != {"cert_file", "key_file"}:
+            raise Invalid(f"{name}: must be a table with cert_file and key_file")
+        paths = []
+        for key in ("cert_file", "key_file"):
+            path = _parse_path(table[key]).absolute()
+            if not path.is_file():
+                raise Invalid(f"{name}.{key}: no such file: {path}")
+            paths.append(path)
+        out[host] = (paths[0], paths[1])
+    return out
+
+
+SNI_CERTIFICATES: Kind[dict[str, tuple[Path, Path]]] = Kind(
+    "table of host name -> { cert_file, key_file }", _parse_sni_certificates,
+    lambda v: "{}" if not v else "{ ... }")

@@ -24,7 +24,7 @@ from typing import TextIO
 
 EVENTS: frozenset[str] = frozenset({
     # daemon lifecycle
-    "starting", "listening", "stopping",
+    "starting", "listening", "stopping", "reload",
     # SMTP sessions
     "connect", "helo", "tls", "auth", "reject", "queued", "disconnect",
     # the local submission path and the spool

@@ -72,6 +72,48 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
+class Certificates:
+    """The listeners' TLS: a default certificate and more chosen by SNI, reloadable.
+
+    The listening sockets keep one SSLContext for their lifetime; reload() loads the files
+    again into it and into the SNI contexts, so new handshakes get the new certificates and
+    sessions already running are untouched.
+    """
+
+    def __init__(self, default: tuple[Path, Path],
+                 by_name: dict[str, tuple[Path, Path]] | None = None) -> None:
+        self.default_files = default
+        self.by_name_files = dict(by_name or {})
+        self.context = server_context(*default)
+        self._by_name: dict[str, ssl.SSLContext] = {}
+        self._load_sni()
+        self.context.sni_callback = self._choose
+
+    def _load_sni(self) -> None:
+        self._by_name = {name: server_context(cert, key)
+                         for name, (cert, key) in self.by_name_files.items()}
+
+    def reload(self) -> None:
+        """Load every certificate again; raises (and changes nothing) if one is broken."""
+        fresh = {name: server_context(cert, key)
+                 for name, (cert, key) in self.by_name_files.items()}
+        server_context(*self.default_files)  # check first: a bad file keeps the old ones
+        self.context.load_cert_chain(str(self.default_files[0]), str(self.default_files[1]))
+        self._by_name = fresh
+
+    def _choose(self, sslobj: ssl.SSLObject, name: str | None,
+                _ctx: ssl.SSLContext) -> None:
+        if not name:
+            return None
+        name = name.lower().rstrip(".")
+        chosen = self._by_name.get(name)
+        if chosen is None and "." in name:
+            chosen = self._by_name.get("*." + name.split(".", 1)[1])
+        if chosen is not None:
+            sslobj.context = chosen
+        return None
+
+
 def describe(obj: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
     """'TLSv1.3 TLS_AES_256_GCM_SHA384' for a Received header and the envelope."""
     if obj is None:
