@@ -387,3 +387,68 @@ def test_smtp_source_load(daemon: Daemon) -> None:
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert len(daemon.ids()) == 400
+
+
+def test_regression_starttls_silence_gives_the_slot_back(tmp_path: Path) -> None:
+    """A client that sends STARTTLS and then nothing used to keep its connection slot
+    forever (asyncio's TLS layer swallowed connection_lost after the handshake timeout)."""
+    d = make_daemon(tmp_path, {"max_connections_per_ip": 2},
+                    extra="[smtp.timeouts]\ntls_handshake = 1\n")
+    d.start()
+    try:
+        silent = []
+        for _ in range(2):
+            s = d.connect()
+            f = s.makefile("rb")
+            f.readline()
+            s.sendall(b"EHLO c.example\r\nSTARTTLS\r\n")
+            while not f.readline().startswith(b"220 "):
+                pass
+            silent.append(s)
+        time.sleep(2.5)
+        with d.connect() as s3:
+            assert s3.recv(100).startswith(b"220 "), "the slots were not given back"
+        for s in silent:
+            s.close()
+    finally:
+        d.stop()
+
+
+def test_regression_client_that_never_reads_cannot_grow_our_memory(daemon: Daemon) -> None:
+    def rss_kib() -> int:
+        assert daemon.proc is not None
+        status = Path(f"/proc/{daemon.proc.pid}/status").read_text()
+        return int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS")).split()[1])
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((daemon.host, daemon.port))
+    sock.settimeout(0.5)
+    before = rss_kib()
+    sent = 0
+    chunk = b"HELP\r\n" * 10000  # each HELP costs about 20 times its size in replies
+    try:
+        while sent < 4_000_000:
+            sock.sendall(chunk)
+            sent += len(chunk)
+    except (TimeoutError, OSError):
+        pass  # the server stopped reading from us: that is the backpressure
+    time.sleep(0.5)
+    grown = rss_kib() - before
+    sock.close()
+    assert grown < 20_000, f"RSS grew by {grown} KiB for {sent} bytes of HELP"
+
+
+def test_regression_half_close_after_the_final_dot_still_gets_250(daemon: Daemon) -> None:
+    with daemon.connect() as s:
+        s.sendall(b"EHLO c.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@localhost>\r\n")
+        time.sleep(0.3)
+        s.sendall(b"DATA\r\n")
+        time.sleep(0.3)
+        s.sendall(b"Subject: half\r\n\r\nx\r\n.\r\nQUIT\r\n")
+        s.shutdown(socket.SHUT_WR)  # like printf ... | nc -N
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    assert b"250 2.0.0 Ok: queued as" in data and data.rstrip().endswith(b"221 2.0.0 Bye")
+    assert len(daemon.ids()) == 1

@@ -34,7 +34,7 @@ def starttls_with_sni(d: Daemon, ca: trustme.CA, server_name: str) -> str:
         s.ehlo("c.example")
         s.starttls(context=ctx)
         cert = s.sock.getpeercert()  # type: ignore[union-attr]
-    return [v for k, v in cert["subjectAltName"] if k == "DNS"][0]  # type: ignore[index]
+    return next(v for k, v in cert["subjectAltName"] if k == "DNS")  # type: ignore[index,misc]
 
 
 @pytest.fixture

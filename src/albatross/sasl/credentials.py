@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from albatross.config import Problem
-from albatross.sasl.hashing import PasswordHashing, bcrypt_available, scheme_of
+from albatross.sasl.hashing import PasswordHashing, hash_problem
 from albatross.sasl.mechanisms import MAX_IDENTITY
 
 # Every parser bounds what it reads: a credentials file of this size is already absurd.
@@ -77,24 +77,17 @@ def sender_problem(sender: str) -> str | None:
         if c == "," or _bad_char(c):
             return f"{sender!r} contains {c!r}"
     local, at, domain = sender.rpartition("@")
-    if not at or not domain:
-        return f"{sender!r} is neither local@domain nor @domain"
-    if sender.startswith("@") and "@" in domain:
-        return f"{sender!r} is neither local@domain nor @domain"
-    if not local and not sender.startswith("@"):
+    # "@domain", or local@domain where an "@" in the local part must be quoted (RFC 5321 §4.1.2).
+    quoted = len(local) >= 2 and local.startswith('"') and local.endswith('"')
+    if not at or not domain or ("@" in local and not quoted):
         return f"{sender!r} is neither local@domain nor @domain"
     return None
 
 
-def hash_problem(password_hash: str) -> str | None:
-    scheme = scheme_of(password_hash)
-    if scheme is None:
-        return "not an argon2 or bcrypt hash"
-    if scheme == "bcrypt" and not bcrypt_available():
-        return "a bcrypt hash, but the bcrypt package is not installed"
+def _hash_problem(password_hash: str) -> str | None:
     if any(c == ":" or _bad_char(c) for c in password_hash):
         return "contains a character no hash has"
-    return None
+    return hash_problem(password_hash)
 
 
 def _parse_line(text: str) -> Account | tuple[str, str]:
@@ -109,7 +102,7 @@ def _parse_line(text: str) -> Account | tuple[str, str]:
     name, password_hash = fields[0], fields[1]
     if (why := name_problem(name)) is not None:
         return "name", why
-    if (why := hash_problem(password_hash)) is not None:
+    if (why := _hash_problem(password_hash)) is not None:
         return "hash", why
     senders: tuple[str, ...] = ()
     if len(fields) == 3 and fields[2]:

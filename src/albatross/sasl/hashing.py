@@ -23,7 +23,7 @@ from albatross.errors import ConfigError
 _bcrypt: ModuleType | None
 try:  # optional: only to verify hashes imported from another system
     import bcrypt as _bcrypt
-except ImportError:  # pragma: no cover - depends on what is installed
+except ImportError:
     _bcrypt = None
 
 ARGON2_PREFIXES = ("$argon2id$", "$argon2i$", "$argon2d$")
@@ -64,16 +64,36 @@ RECOMMENDED = HashProfile(
 CHEAP = HashProfile(time_cost=1, memory_cost=8, parallelism=1, hash_len=16, salt_len=8)
 
 
-def bcrypt_available() -> bool:
-    return _bcrypt is not None
-
-
 def scheme_of(stored: str) -> str | None:
     """"argon2" or "bcrypt" for a hash we can check, None for anything else."""
     if stored.startswith(ARGON2_PREFIXES):
         return "argon2"
     if stored.startswith(BCRYPT_PREFIXES):
         return "bcrypt"
+    return None
+
+
+def hash_problem(stored: str) -> str | None:
+    """Why `stored` can never match any password, or None if it is a hash we can check."""
+    scheme = scheme_of(stored)
+    if scheme is None:
+        return "not an argon2 or bcrypt hash"
+    if scheme == "argon2":
+        try:
+            params = argon2.extract_parameters(stored)
+        except InvalidHashError:
+            return "a damaged argon2 hash"
+        # The parser does not look at the salt and tag; RFC 9106 §3.1 minimums do.
+        if params.salt_len < 8 or params.hash_len < 4:
+            return "a damaged argon2 hash"
+        return None
+    if _bcrypt is None:
+        return "a bcrypt hash, but the bcrypt package is not installed"
+    # $2b$NN$ then 53 characters of bcrypt's base64: 22 of salt, 31 of hash.
+    cost, body = stored[4:6], stored[7:]
+    if (len(stored) != 60 or stored[6] != "$" or not cost.isdigit()
+            or not all(c.isascii() and (c.isalnum() or c in "./") for c in body)):
+        return "a damaged bcrypt hash"
     return None
 
 

@@ -120,8 +120,8 @@ def decode_response(line: str, *, initial: bool = False) -> bytes:
     """The octets of one client response line (RFC 4954 §4).
 
     "*" cancels (501 5.0.0). In an initial response "=" stands for "no octets". Anything but
-    strict, padded base64 is 501 5.5.2: a lenient decoder would silently drop characters and
-    let two different lines mean the same thing.
+    canonical, padded base64 is 501 5.5.2: a lenient decoder would silently drop characters
+    and let two different lines mean the same thing.
     """
     if len(line) + 2 > MAX_LINE:
         raise AuthExchangeError(reply=replies.AUTH_LINE_TOO_LONG)
@@ -132,9 +132,13 @@ def decode_response(line: str, *, initial: bool = False) -> bytes:
     if not line.isascii():
         raise AuthExchangeError(reply=replies.AUTH_BAD_BASE64)
     try:
-        return base64.b64decode(line, validate=True)
+        data = base64.b64decode(line, validate=True)
     except (binascii.Error, ValueError):
         raise AuthExchangeError(reply=replies.AUTH_BAD_BASE64) from None
+    # The decoder forgives surplus padding and stray low bits; RFC 4648 §3.5 lets us not.
+    if base64.b64encode(data).decode("ascii") != line:
+        raise AuthExchangeError(reply=replies.AUTH_BAD_BASE64)
+    return data
 
 
 def _text(raw: bytes, limit: int) -> str:

@@ -141,6 +141,9 @@ class Session(asyncio.Protocol):
         self._pending_size = 0
         self._store_failed = False
         self._committing = False
+        self._released = False
+        self._eof = False
+        self._write_paused = False
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -181,10 +184,34 @@ class Session(asyncio.Protocol):
             self.transport.pause_reading()
             self._paused = True
 
+    def pause_writing(self) -> None:
+        """The peer is not reading our replies: stop reading its commands until it does,
+        so a client that pipelines without reading cannot grow our buffers without bound."""
+        self._write_paused = True
+        if self.transport is not None and not self._paused:
+            self.transport.pause_reading()
+            self._paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if not self._busy and self.transport is not None:
+            self._pump()
+
     def eof_received(self) -> bool | None:
-        return False
+        # A client may half-close after its final dot (printf ... | nc -N): keep the socket
+        # open until the replies for what it sent are written, so it gets its 250.
+        self._eof = True
+        return self._busy or self.conn.buffered > 0
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._release(exc)
+
+    def _release(self, exc: Exception | None) -> None:
+        """The connection is gone: give back its slot, once. Called by connection_lost,
+        and by a failed STARTTLS, after which asyncio's TLS layer swallows connection_lost."""
+        if self._released:
+            return
+        self._released = True
         if not self._committing:  # a commit in flight finishes; at worst a duplicate
             self._drop_message()
         ctx = self.ctx
@@ -207,7 +234,7 @@ class Session(asyncio.Protocol):
     def _pump(self) -> None:
         """Run events until the machine needs input or an async decision, then write."""
         conn = self.conn
-        while True:
+        while not self._write_paused:
             ev = conn.next_event()
             if ev is None:
                 break
@@ -265,7 +292,10 @@ class Session(asyncio.Protocol):
             tr.write(self.conn.data_to_send())
             tr.close()
             return
-        if self._paused and not self._busy:
+        if self._eof and not self._busy:
+            tr.close()  # the client half-closed and everything it sent is answered
+            return
+        if self._paused and not self._busy and not self._write_paused:
             self._paused = False
             tr.resume_reading()
 
@@ -435,9 +465,15 @@ class Session(asyncio.Protocol):
         self._resume()
 
     async def _commit(self, writer: Any, qid: str) -> Reply:
+        self._committing = True
+        try:
+            return await self._store(writer, qid)
+        finally:
+            self._committing = False
+
+    async def _store(self, writer: Any, qid: str) -> Reply:
         tr = self.conn.transaction
         params = tr.params
-        self._committing = True
         await self._write_pending()
         env = Envelope(
             sender=_addr(tr.sender),
@@ -455,10 +491,8 @@ class Session(asyncio.Protocol):
         try:
             await self.ctx.spool.commit(writer, env)
         except AlbatrossError as exc:
-            self._committing = False
             self.ctx.log.event("error", session=self.sid, qid=qid, where="spool", error=str(exc))
             return exc.reply if exc.reply.code >= 400 else R_STORE_FAILED
-        self._committing = False
         self._writer = None
         self._messages += 1
         self.ctx.log.event("queued", qid=qid, session=self.sid, client=self.peer_ip,
@@ -482,6 +516,7 @@ class Session(asyncio.Protocol):
         conn = self.conn
         tr = self.transport
         if tr is None or ctx.tls is None:
+            self._release(None)
             return
         loop = asyncio.get_running_loop()
         try:
@@ -492,6 +527,8 @@ class Session(asyncio.Protocol):
                           error=str(exc) or type(exc).__name__)
             if self.transport is not None:
                 self.transport.abort()
+            self.conn.closed_reason = "TLS handshake failed"
+            self._release(exc)
             return
         if new is None:
             return
