@@ -318,3 +318,80 @@ async def test_rate_limit_per_destination(spool: Spool) -> None:
     elapsed = asyncio.get_running_loop().time() - started
     assert len(h.courier.calls) == 5 and spool.ids() == []
     assert elapsed >= 1.0
+
+
+async def test_regression_duplicate_recipients_get_one_outcome_each(spool: Spool) -> None:
+    """Outcomes are paired with recipients by position, not matched by address: the same
+    address twice used to collapse onto one outcome and stay pending forever."""
+
+    class FirstOkThenTemp(FakeCourier):
+        async def deliver(self, delivery: Delivery) -> list[Outcome]:
+            self.calls.append(delivery)
+            return [Outcome(r.address, "delivered" if i == 0 else "deferred",
+                            OK if i == 0 else TEMP) for i, r in enumerate(delivery.recipients)]
+
+    h = make(spool)
+    h.sched.couriers = {"smtp": FirstOkThenTemp()}
+    qid = await queue(spool, "a@example.org", ["u@one.test", "u@one.test"], h.clock.now)
+    await h.settle()
+    env, _ = spool.load(qid)
+    assert [r.state for r in env.recipients] == ["delivered", "pending"]
+
+
+async def test_regression_max_active_full_does_not_spin(spool: Spool) -> None:
+    gate = asyncio.Event()
+    h = make(spool, max_active=2, concurrency=10)
+    h.courier.gate = gate
+    for i in range(5):
+        await queue(spool, "a@example.org", [f"u{i}@busy.test"], h.clock.now)
+    await h.sched.tick()
+    await asyncio.sleep(0.05)
+    assert len(h.sched.active) == 2
+    assert await h.sched.tick() is None  # full: wait for a wake, do not poll
+    gate.set()
+    await h.settle()
+    assert spool.ids() == []
+
+
+async def test_regression_slow_destination_does_not_block_others(spool: Spool) -> None:
+    gate = asyncio.Event()
+    # Without the backlog cap, 12 active places would all go to slow.test.
+    h = make(spool, max_active=12, concurrency=1)
+
+    class Gated(FakeCourier):
+        async def deliver(self, delivery: Delivery) -> list[Outcome]:
+            if delivery.destination == "slow.test":
+                await gate.wait()
+            return await super().deliver(delivery)
+
+    courier = Gated()
+    h.sched.couriers = {"smtp": courier}
+    for i in range(25):
+        await queue(spool, "a@example.org", [f"u{i}@slow.test"], h.clock.now)
+    fast = await queue(spool, "a@example.org", ["v@fast.test"], h.clock.now + 1)
+    h.clock.now += 2
+    for _ in range(40):
+        await h.sched.tick()
+        await asyncio.sleep(0.005)
+    assert any(d.destination == "fast.test" for d in courier.calls), "fast.test waited"
+    assert fast not in spool.ids()
+    gate.set()
+    h.clock.now += 60
+    await h.settle(rounds=2000)
+    assert spool.ids() == []
+
+
+async def test_regression_stop_starts_no_new_deliveries(spool: Spool) -> None:
+    gate = asyncio.Event()
+    h = make(spool, concurrency=1)
+    h.courier.gate = gate
+    for i in range(4):
+        await queue(spool, "a@example.org", [f"u{i}@one.test"], h.clock.now)
+    await h.sched.tick()
+    await asyncio.sleep(0.02)
+    assert len(h.courier.calls) == 1
+    stopping = asyncio.create_task(h.sched.stop(grace=2))
+    await asyncio.sleep(0.01)
+    gate.set()
+    await stopping
+    assert len(h.courier.calls) == 1  # the waiting ones were not started after stop()

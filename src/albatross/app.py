@@ -233,8 +233,12 @@ class App:
         """SIGHUP: load the TLS certificates again (sessions in progress keep theirs)."""
         if self.certificates is None or self.log is None:
             return
+        self._tasks.append(asyncio.get_running_loop().create_task(self._reload_tls()))
+
+    async def _reload_tls(self) -> None:
+        assert self.certificates is not None and self.log is not None
         try:
-            self.certificates.reload()
+            await asyncio.to_thread(self.certificates.reload)  # file reads off the loop
         except (OSError, ssl.SSLError) as exc:
             self.log.event("error", where="reload", error=f"TLS certificates not reloaded: {exc}")
             return
@@ -242,52 +246,64 @@ class App:
             self.certificates.by_name_files))
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, let open sessions finish for `grace` seconds, tempfail the rest,
-        drain pending commits and close the spool."""
+        """Stop accepting; let open sessions and running deliveries finish for `grace`
+        seconds (at the same time); tempfail the rest; wait for commits in flight; close the
+        spool and flush the log, whatever failed before."""
         if grace is None:
             grace = self.config.smtp.timeouts.shutdown_grace
-        if self.log is not None:
-            self.log.event("stopping", pid=_pid())
-        for server in self.servers:
-            server.close()
-        ctx = self.ctx
-        if ctx is not None:
-            ctx.shutting_down = True
-            for s in list(ctx.sessions):
-                s._flush()  # idle sessions get 421 now
-            deadline = time.monotonic() + grace
-            while ctx.sessions and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            for s in list(ctx.sessions):
-                s.force_close()
-            # Let in-flight commits resolve so their clients get their 250.
-            for _ in range(100):
-                if not any(s._committing for s in ctx.sessions):
-                    break
-                await asyncio.sleep(0.05)
-        for server in self.servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 2)
-        if self.admin is not None:
-            await self.admin.stop()
-        if self.scheduler is not None:
-            await self.scheduler.stop(grace)
-        for courier in self.couriers.values():
-            close = getattr(courier, "close", None)
-            if close is not None:
+        try:
+            if self.log is not None:
+                self.log.event("stopping", pid=_pid())
+            for server in self.servers:
+                server.close()
+            waits = [self._stop_sessions(grace)]
+            if self.scheduler is not None:
+                waits.append(self.scheduler.stop(grace))
+            results = await asyncio.gather(*waits, return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException) and self.log is not None:
+                    self.log.event("error", where="stop", error=repr(r))
+            for server in self.servers:
                 with contextlib.suppress(Exception):
-                    await close()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        if self.spool is not None:
-            await self.spool.close()
-        if self.log is not None:
-            self.log.flush()
-            self.log.close()
-        self._stopped.set()
+                    await asyncio.wait_for(server.wait_closed(), 2)
+            if self.admin is not None:
+                with contextlib.suppress(Exception):
+                    await self.admin.stop()
+            for courier in self.couriers.values():
+                close = getattr(courier, "close", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):
+                        await close()
+            for t in self._tasks:
+                t.cancel()
+            for t in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+        finally:
+            if self.spool is not None:
+                await self.spool.close()
+            if self.log is not None:
+                self.log.flush()
+                self.log.close()
+            self._stopped.set()
+
+    async def _stop_sessions(self, grace: float) -> None:
+        ctx = self.ctx
+        if ctx is None:
+            return
+        ctx.shutting_down = True
+        for s in list(ctx.sessions):
+            s._flush()  # idle sessions get 421 now
+        deadline = time.monotonic() + grace
+        while ctx.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for s in list(ctx.sessions):
+            if not s._committing:  # a session being stored gets its 250, then the 421
+                s.force_close()
+        for _ in range(200):  # commits in flight, even of clients that went away
+            if not ctx.committing:
+                break
+            await asyncio.sleep(0.05)
 
     async def run(self) -> None:
         """Start, then serve until SIGTERM or SIGINT."""

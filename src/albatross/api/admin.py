@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from albatross.errors import SpoolError
 from albatross.scheduler import Admin, Busy
 from albatross.spool import is_valid_id
 
@@ -73,7 +74,10 @@ class AdminServer:
             return _error(400, f"not a queue id: {qid!r}")
         if domain is not None and (not isinstance(domain, str) or not _DOMAIN.match(domain)):
             return _error(400, f"not a domain: {domain!r}")
-        n = await self.admin.flush(qid=qid, domain=domain)
+        try:
+            n = await self.admin.flush(qid=qid, domain=domain)
+        except SpoolError as exc:
+            return _error(503, f"the queue cannot be changed right now: {exc}")
         if qid is not None and n == 0:
             return _error(404, f"no queued message {qid}")
         return web.json_response({"flushed": n})
@@ -89,6 +93,8 @@ class AdminServer:
             found = await getattr(self.admin, action)(qid)
         except Busy:
             return _error(409, f"{qid} is being delivered right now; try again in a moment")
+        except SpoolError as exc:
+            return _error(503, f"the queue cannot be changed right now: {exc}")
         if not found:
             return _error(404, f"no message {qid} in the queue")
         return web.json_response({"ok": True, "qid": qid, "action": action})

@@ -69,16 +69,19 @@ DsnBuilder = Callable[..., tuple[str, bytes]]
 
 @dataclass(slots=True)
 class _Active:
-    """A message being delivered: its envelope, body and the jobs still running."""
+    """A message being delivered: its envelope, its body once a courier needs it, and the
+    outcomes of this attempt, each paired with its recipient (never matched by address:
+    an envelope may name the same address twice)."""
 
     qid: str
     envelope: Envelope
-    body: bytes
     attempts: int
     warned: bool
+    body: bytes | None = None
     running: int = 0
-    outcomes: list[Outcome] = field(default_factory=list)
-    routes: dict[str, Route] = field(default_factory=dict)
+    results: list[tuple[Recipient, Outcome]] = field(default_factory=list)
+    failed: list[tuple[Recipient, Outcome | None]] = field(default_factory=list)
+    succeeded: list[tuple[Recipient, Outcome]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -104,8 +107,10 @@ class Scheduler:
         self.dsn = dsn
         self.rnd = rnd or random.Random()
         self.active: dict[str, _Active] = {}
+        self.locked: set[str] = set()  # messages an operator is deleting or bouncing
         self.destinations: dict[str, _Destination] = {}
         self._buckets: dict[str, tuple[float, float]] = {}  # rate limits: (tokens, when)
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # one rate-limit timer per dest
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -118,23 +123,31 @@ class Scheduler:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking new work; let running deliveries finish for `grace` seconds. What is
-        cut off stays due in the queue and is retried after a restart (at worst a
-        duplicate delivery, never a loss)."""
+        cut off stays in the queue (as 'active', which recovery makes due again) and is
+        retried after a restart: at worst a duplicate delivery, never a loss."""
         self._stopping = True
         self._wake.set()
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
         if self._runner is not None:
             self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._runner
-        if self._tasks:
-            _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=2)
+        deadline = asyncio.get_running_loop().time() + grace
+        while self._tasks:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            await asyncio.wait(set(self._tasks), timeout=left)
+        pending = set(self._tasks)
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=2)
 
     def wake(self) -> None:
-        """Something became due (a new message, a flush): look at the queue now."""
+        """Something became due (a new message, a flush, a finished delivery)."""
         self._wake.set()
 
     async def _run(self) -> None:
@@ -142,8 +155,8 @@ class Scheduler:
             self._wake.clear()
             try:
                 next_due = await self.tick()
-            except SpoolError as exc:
-                self.log("error", where="scheduler", error=str(exc))
+            except Exception as exc:  # never let the delivery loop die silently
+                self.log("error", where="scheduler", error=repr(exc))
                 next_due = self.clock.time() + 5
             delay = 60.0 if next_due is None else max(0.0, next_due - self.clock.time())
             with contextlib.suppress(TimeoutError):
@@ -152,41 +165,73 @@ class Scheduler:
     # --- one look at the queue ---------------------------------------------------------
 
     async def tick(self) -> float | None:
-        """Start every due message that fits; return when the next one is due."""
-        now = self.clock.time()
+        """Start every due message that fits; return when the next one is due, or None
+        when only a finished delivery (which calls wake()) can change anything."""
+        if self._stopping:
+            return None
         room = self.settings.max_active - len(self.active)
-        if room > 0 and not self._stopping:
-            limit = min(room, self.settings.batch) + len(self.active)
-            due = await asyncio.to_thread(self.spool.due, now + 0.0005, limit)
-            chosen = [qid for qid, _when in due if qid not in self.active][:room]
-            if chosen:
-                self.spool.claim(chosen)
-            for qid in chosen:
+        if room <= 0:
+            return None
+        now = self.clock.time()
+        limit = min(room, self.settings.batch) + len(self.active)
+        due = await asyncio.to_thread(self.spool.due, now + 0.0005, limit)
+        chosen = [qid for qid, _when in due if qid not in self.active][:room]
+        if chosen:
+            self.spool.claim(chosen)
+        for qid in chosen:
+            try:
                 await self._start(qid)
+            except Exception as exc:
+                self.log("error", qid=qid, where="scheduler", error=repr(exc))
+                self.active.pop(qid, None)
+                await self._requeue(qid, self.settings.min_backoff)
+        if due and not chosen:
+            return None  # everything due is in flight (its claim not yet written)
         return await asyncio.to_thread(self.spool.next_due)
+
+    async def _requeue(self, qid: str, delay: float) -> None:
+        """Give a claimed message back to the queue without counting an attempt."""
+        try:
+            await self.spool.update(qid, state="requeue",
+                                    next_attempt=self.clock.time() + delay)
+        except Exception as exc:
+            self.log("error", qid=qid, where="scheduler", error=f"cannot requeue: {exc}")
 
     async def _start(self, qid: str) -> None:
         try:
-            envelope, body = await asyncio.to_thread(self.spool.load, qid)
+            envelope = await asyncio.to_thread(self.spool.load_envelope, qid)
             sched = await asyncio.to_thread(self.spool.schedule, qid)
         except (KeyError, SpoolError) as exc:
             self.log("error", qid=qid, where="scheduler", error=str(exc))
             # Unclaim it, and look again later rather than in a tight loop.
-            with contextlib.suppress(SpoolError):
-                await self.spool.update(qid, state="requeue", next_attempt=self.clock.time()
-                                        + self.settings.min_backoff)
+            await self._requeue(qid, self.settings.min_backoff)
             return
         if sched is None or sched.state == "held":
             return
-        msg = _Active(qid, envelope, body, sched.attempts, sched.warned)
+        if qid in self.locked:  # an operator is deleting or bouncing it right now
+            await self._requeue(qid, 1.0)
+            return
+        msg = _Active(qid, envelope, sched.attempts, sched.warned)
         pending = [r for r in envelope.recipients if not r.is_final]
-        if not pending:
+        if not pending:  # all final, but not yet removed (a stop came in between)
             self.active[qid] = msg
-            await self._finish(msg)
+            try:
+                await self._finish(msg)
+            finally:
+                self.active.pop(qid, None)
             return
         groups: dict[Route, list[Recipient]] = {}
         for r in pending:
             groups.setdefault(self.route(r, envelope), []).append(r)
+        # Fairness: a destination with a backlog already waiting in memory does not take
+        # more of the active places; its mail waits in the queue a little longer, so mail
+        # to other destinations is not stuck behind it.
+        for route in groups:
+            dest = self.destinations.get(route.destination)
+            cap = max(2 * self._limits(route.destination)[0], 10)
+            if dest is not None and len(dest.waiting) >= cap:
+                await self._requeue(qid, 5.0)
+                return
         self.active[qid] = msg
         msg.running = len(groups)
         for route, rcpts in groups.items():
@@ -203,7 +248,13 @@ class Scheduler:
         dest.waiting.append((msg, route, rcpts))
         self._pump(route.destination)
 
+    def _timer_fired(self, name: str) -> None:
+        self._timers.pop(name, None)
+        self._pump(name)
+
     def _pump(self, name: str) -> None:
+        if self._stopping:
+            return
         dest = self.destinations.get(name)
         if dest is None:
             return
@@ -219,8 +270,10 @@ class Scheduler:
                 tokens = min(burst, tokens + (now - refilled) * per_second)
                 if tokens < 1.0:
                     self._buckets[name] = (tokens, now)
-                    wait = (1.0 - tokens) / per_second
-                    asyncio.get_running_loop().call_later(wait, self._pump, name)
+                    if name not in self._timers:  # one timer per destination, not per call
+                        wait = (1.0 - tokens) / per_second
+                        self._timers[name] = asyncio.get_running_loop().call_later(
+                            wait, self._timer_fired, name)
                     return
                 self._buckets[name] = (tokens - 1.0, now)
                 if len(self._buckets) > 10000:
@@ -246,26 +299,16 @@ class Scheduler:
                  transport=route.transport, rcpt=[r.address for r in rcpts],
                  try_=msg.attempts + 1)
         try:
-            if courier is None:
-                reply = Reply(451, "4.3.5", f"no courier for transport {route.transport!r}")
-                outcomes = [Outcome(r.address, "deferred", reply, "local") for r in rcpts]
-            else:
-                delivery = Delivery(qid=msg.qid, envelope=msg.envelope, recipients=rcpts,
-                                    body=msg.body, destination=route.destination,
-                                    attempt=msg.attempts + 1)
-                try:
-                    outcomes = await courier.deliver(delivery)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # a courier bug defers, never loses or bounces
-                    reply = Reply(451, "4.3.0", f"internal error in {route.transport}: {exc!r}")
-                    outcomes = [Outcome(r.address, "deferred", reply, "local") for r in rcpts]
-                    self.log("error", qid=msg.qid, where=route.transport, error=repr(exc))
-            if len(outcomes) != len(rcpts):
-                reply = Reply(451, "4.3.0", "courier returned the wrong number of outcomes")
-                outcomes = [Outcome(r.address, "deferred", reply, "local") for r in rcpts]
-            msg.outcomes.extend(outcomes)
+            outcomes = await self._outcomes(msg, route, rcpts, courier)
+            pairs = list(zip(rcpts, outcomes, strict=True))
+            msg.results.extend(pairs)
+            self._apply(msg, pairs)
             self._log_outcomes(msg, outcomes)
+            if msg.running > 1:
+                # Other destinations of this message are still going: make this group's
+                # results durable now, so a crash meanwhile does not deliver it twice.
+                with contextlib.suppress(SpoolError):
+                    await self.spool.update(msg.qid, envelope=msg.envelope)
         finally:
             dest = self.destinations.get(route.destination)
             if dest is not None:
@@ -275,13 +318,54 @@ class Scheduler:
         if msg.running == 0:
             try:
                 await self._finish(msg)
-            except SpoolError as exc:
-                # Not recorded: the message stays due and is tried again (at worst a
-                # duplicate delivery).
-                self.log("error", qid=msg.qid, where="scheduler", error=str(exc))
+            except Exception as exc:
+                # Not recorded: give it back to the queue (at worst a duplicate delivery).
+                self.log("error", qid=msg.qid, where="scheduler", error=repr(exc))
+                await self._requeue(msg.qid, self.settings.min_backoff)
             finally:
                 self.active.pop(msg.qid, None)
+                msg.body = None
                 self.wake()
+
+    async def _outcomes(self, msg: _Active, route: Route, rcpts: tuple[Recipient, ...],
+                        courier: Courier | None) -> list[Outcome]:
+        def all_deferred(reply: Reply) -> list[Outcome]:
+            return [Outcome(r.address, "deferred", reply, "local") for r in rcpts]
+
+        if courier is None:
+            return all_deferred(Reply(451, "4.3.5",
+                                      f"no courier for transport {route.transport!r}"))
+        try:
+            if msg.body is None:
+                msg.body = await asyncio.to_thread(self.spool.load_body, msg.qid)
+            delivery = Delivery(qid=msg.qid, envelope=msg.envelope, recipients=rcpts,
+                                body=msg.body, destination=route.destination,
+                                attempt=msg.attempts + 1)
+            outcomes = await courier.deliver(delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a courier bug defers, never loses or bounces
+            self.log("error", qid=msg.qid, where=route.transport, error=repr(exc))
+            return all_deferred(Reply(451, "4.3.0",
+                                      f"internal error in {route.transport}: {exc!r}"))
+        if len(outcomes) != len(rcpts):
+            return all_deferred(Reply(451, "4.3.0",
+                                      "courier returned the wrong number of outcomes"))
+        return outcomes
+
+    def _apply(self, msg: _Active, pairs: list[tuple[Recipient, Outcome]]) -> None:
+        """Write each outcome into its recipient and remember what needs a DSN."""
+        now = self.clock.time()
+        for r, o in pairs:
+            if r.is_final:
+                continue
+            r.reply, r.remote, r.updated = str(o.reply), o.remote_host, now
+            if o.status == "delivered":
+                r.state = "delivered"
+                msg.succeeded.append((r, o))
+            elif o.status == "bounced":
+                r.state = "bounced"
+                msg.failed.append((r, o))
 
     def _log_outcomes(self, msg: _Active, outcomes: list[Outcome]) -> None:
         delay = round(self.clock.time() - msg.envelope.arrival, 3)
@@ -293,31 +377,19 @@ class Scheduler:
     # --- recording an attempt ------------------------------------------------------------
 
     async def _finish(self, msg: _Active) -> None:
-        """Apply the attempt's outcomes; queue DSNs first, then update or remove the message
-        (a crash between the two can only duplicate a DSN, never lose one)."""
+        """Settle the attempt; queue DSNs first, then update or remove the message (a crash
+        between the two can only duplicate a DSN, never lose one)."""
         now = self.clock.time()
         env = msg.envelope
-        by_addr = {o.recipient: o for o in msg.outcomes}
-        failed: list[tuple[Recipient, Outcome | None]] = []
-        succeeded: list[tuple[Recipient, Outcome]] = []
-        for r in env.recipients:
-            o = by_addr.get(r.address)
-            if o is None or r.is_final:
-                continue
-            r.reply, r.remote, r.updated = str(o.reply), o.remote_host, now
-            if o.status == "delivered":
-                r.state = "delivered"
-                succeeded.append((r, o))
-            elif o.status == "bounced":
-                r.state = "bounced"
-                failed.append((r, o))
+        failed: list[tuple[Recipient, Outcome | None]] = list(msg.failed)
         pending = [r for r in env.recipients if not r.is_final]
-        attempts = msg.attempts + (1 if msg.outcomes else 0)
+        attempts = msg.attempts + (1 if msg.results else 0)
         expired = bool(pending) and now - env.arrival >= self.settings.lifetime
+        last_by_rcpt = {id(r): o for r, o in msg.results}
         if expired:
             for r in pending:
                 r.state = "expired"
-                failed.append((r, by_addr.get(r.address)))
+                failed.append((r, last_by_rcpt.get(id(r))))
                 self.log("expired", qid=msg.qid, rcpt=r.address, reply=r.reply,
                          delay=round(now - env.arrival, 3))
             pending = []
@@ -325,7 +397,7 @@ class Scheduler:
         if (pending and not msg.warned and self.settings.delay_warning > 0
                 and now - env.arrival >= self.settings.delay_warning):
             warn = pending
-        await self._send_dsns(msg, failed, succeeded, warn, now, expired)
+        await self._send_dsns(msg, failed, msg.succeeded, warn, now, expired)
         if not pending:
             await self.spool.remove(msg.qid)
             return
@@ -390,7 +462,10 @@ class Scheduler:
         if until is not None:
             reports = [_with_until(r, until) for r in reports]
         assert self.dsn is not None
-        _rcpt, data = self.dsn(env, msg.qid, msg.body, reports,
+        body = msg.body
+        if body is None:
+            body = await asyncio.to_thread(self.spool.load_body, msg.qid)
+        _rcpt, data = self.dsn(env, msg.qid, body, reports,
                                reporting_mta=self.settings.reporting_mta, now=now, kind=kind,
                                max_returned=self.settings.max_returned,
                                postmaster=self.settings.postmaster)
@@ -435,24 +510,24 @@ class Admin:
     def __init__(self, scheduler: Scheduler) -> None:
         self.s = scheduler
 
-    def _pending_domains(self, env: Envelope) -> set[str]:
-        return {r.domain for r in env.recipients if not r.is_final}
-
     async def flush(self, qid: str | None = None, domain: str | None = None) -> int:
-        """Make queued messages due now (all, one, or those with recipients at `domain`)."""
+        """Make queued messages due now (all, one, or those with recipients at `domain`),
+        in one transaction."""
         spool = self.s.spool
         now = self.s.clock.time()
-        entries = await asyncio.to_thread(spool.entries)
-        n = 0
-        for e in entries:
-            if qid is not None and e.qid != qid:
-                continue
-            if domain is not None and domain.lower() not in self._pending_domains(e.envelope):
-                continue
-            if e.schedule.state != "queued":
-                continue
-            await spool.update(e.qid, next_attempt=now)
-            n += 1
+        if qid is None and domain is None:
+            n = await spool.flush(now)
+        elif domain is None:
+            n = await spool.flush(now, [qid] if qid else [])
+        else:
+            entries = await asyncio.to_thread(spool.entries)
+            want = domain.lower()
+            ids = [e.qid for e in entries if e.schedule.state == "queued"
+                   and (qid is None or e.qid == qid)
+                   and want in {r.domain for r in e.envelope.recipients if not r.is_final}]
+            n = 0
+            for i in range(0, len(ids), 500):
+                n += await spool.flush(now, ids[i:i + 500])
         self.s.wake()
         return n
 
@@ -467,42 +542,54 @@ class Admin:
         if sched is None:
             return False
         if sched.state == "held":
-            await self.s.spool.update(qid, state="queued", next_attempt=self.s.clock.time())
+            # A message held while being delivered goes back to 'active', so the end of
+            # its attempt requeues it as usual; otherwise it is due now.
+            state = "active" if qid in self.s.active else "queued"
+            await self.s.spool.update(qid, state=state, next_attempt=self.s.clock.time())
             self.s.wake()
         return True
 
+    def _lock(self, qid: str) -> None:
+        # Synchronous with the scheduler's own check in _start: no await in between, so a
+        # message is either being delivered (Busy) or can no longer start.
+        if qid in self.s.active or qid in self.s.locked:
+            raise Busy(qid)
+        self.s.locked.add(qid)
+
     async def delete(self, qid: str, by: str = "admin") -> bool:
         """Remove a message; its pending recipients end as "deleted" (no DSN)."""
-        if qid in self.s.active:
-            raise Busy(qid)
+        self._lock(qid)
         try:
-            env, _body = await asyncio.to_thread(self.s.spool.load, qid)
-        except KeyError:
-            return False
-        pending = [r.address for r in env.recipients if not r.is_final]
-        await self.s.spool.remove(qid)
-        self.s.log("deleted", qid=qid, rcpt=pending, by=by)
-        return True
+            try:
+                env = await asyncio.to_thread(self.s.spool.load_envelope, qid)
+            except KeyError:
+                return False
+            pending = [r.address for r in env.recipients if not r.is_final]
+            await self.s.spool.remove(qid)
+            self.s.log("deleted", qid=qid, rcpt=pending, by=by)
+            return True
+        finally:
+            self.s.locked.discard(qid)
 
     async def bounce(self, qid: str, by: str = "admin") -> bool:
         """Fail every pending recipient now, with a DSN to the sender as for any bounce."""
-        if qid in self.s.active:
-            raise Busy(qid)
+        self._lock(qid)
         try:
-            env, body = await asyncio.to_thread(self.s.spool.load, qid)
-            sched = await asyncio.to_thread(self.s.spool.schedule, qid)
-        except KeyError:
-            return False
-        if sched is None:
-            return False
-        reply = Reply(550, "5.0.0", f"message returned by the mail administrator ({by})")
-        msg = _Active(qid, env, body, sched.attempts, sched.warned)
-        msg.outcomes = [Outcome(r.address, "bounced", reply, "admin")
-                        for r in env.recipients if not r.is_final]
-        self.s.active[qid] = msg
-        try:
-            self.s._log_outcomes(msg, msg.outcomes)
+            try:
+                env = await asyncio.to_thread(self.s.spool.load_envelope, qid)
+                sched = await asyncio.to_thread(self.s.spool.schedule, qid)
+            except KeyError:
+                return False
+            if sched is None:
+                return False
+            reply = Reply(550, "5.0.0", f"message returned by the mail administrator ({by})")
+            msg = _Active(qid, env, sched.attempts, sched.warned)
+            pairs = [(r, Outcome(r.address, "bounced", reply, "admin"))
+                     for r in env.recipients if not r.is_final]
+            msg.results = pairs
+            self.s._apply(msg, pairs)
+            self.s._log_outcomes(msg, [o for _r, o in pairs])
             await self.s._finish(msg)
+            return True
         finally:
-            self.s.active.pop(qid, None)
-        return True
+            self.s.locked.discard(qid)

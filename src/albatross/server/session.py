@@ -89,6 +89,7 @@ class ServerContext:
     sessions: set[Session] = field(default_factory=set)
     per_ip: dict[str, int] = field(default_factory=dict)
     shutting_down: bool = False
+    committing: set[Session] = field(default_factory=set)  # stores in flight, for stop()
     on_queued: Callable[[], None] = lambda: None  # tell the scheduler new mail is due
     ids: Callable[[], int] = field(default_factory=lambda: itertools.count(1).__next__)
 
@@ -466,10 +467,12 @@ class Session(asyncio.Protocol):
 
     async def _commit(self, writer: Any, qid: str) -> Reply:
         self._committing = True
+        self.ctx.committing.add(self)
         try:
             return await self._store(writer, qid)
         finally:
             self._committing = False
+            self.ctx.committing.discard(self)
 
     async def _store(self, writer: Any, qid: str) -> Reply:
         tr = self.conn.transaction

@@ -125,6 +125,7 @@ class CommitThread:
             while not stopping:
                 item = self._queue.get()
                 if item is _STOP:
+                    self._refuse_rest()
                     break
                 assert isinstance(item, CommitJob | UpdateJob)
                 batch: list[Job] = [item]
@@ -135,6 +136,7 @@ class CommitThread:
                         break
                     if item is _STOP:
                         stopping = True
+                        self._refuse_rest()
                         break
                     assert isinstance(item, CommitJob | UpdateJob)
                     batch.append(item)
@@ -154,6 +156,22 @@ class CommitThread:
                     pass  # the loop is closed: nobody is waiting any more
         finally:
             self._conn.close()
+
+    def _refuse_rest(self) -> None:
+        """Jobs that arrived after the stop marker get an answer, never silence."""
+        refused: list[tuple[asyncio.Future[None], BaseException | None]] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, CommitJob | UpdateJob):
+                refused.append((item.future, SpoolError("spool is closing")))
+        if refused:
+            try:
+                self._loop.call_soon_threadsafe(_settle, refused)
+            except RuntimeError:
+                pass
 
     def _commit_batch(self, batch: list[Job]) -> dict[int, SpoolError]:
         """Store a batch; return the jobs that failed (index -> error)."""
@@ -242,8 +260,9 @@ class CommitThread:
                     conn.execute("DELETE FROM message WHERE id = ?", (job.qid,))
                     errors[i] = SpoolError(f"{job.qid}: envelope id already in use")
                     continue
-                conn.execute("INSERT INTO schedule (id, next_attempt) VALUES (?, ?)",
-                             (job.qid, job.arrival))
+                # A stray schedule row (a hand edit) must fail this job alone.
+                conn.execute("INSERT OR REPLACE INTO schedule (id, next_attempt)"
+                             " VALUES (?, ?)", (job.qid, job.arrival))
             conn.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
             try:

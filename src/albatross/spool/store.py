@@ -8,6 +8,7 @@ wrong on the way is a SpoolError (451 4.3.0) and nothing committed earlier is to
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import sqlite3
@@ -60,6 +61,7 @@ class Spool:
         self._pickup_lock = asyncio.Lock()
         self._free_bytes = 0
         self._free_checked_at = -_SPACE_CACHE_SECONDS * 2
+        self._lock_fd: int | None = None
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -68,9 +70,11 @@ class Spool:
         if self._committer is not None:
             raise SpoolError("spool is already open")
         self._loop = asyncio.get_running_loop()
+        self._lock_data_dir()
         try:
             conn, report = await asyncio.to_thread(recover, self.layout, self._log)
         except (OSError, sqlite3.Error, NewerFormat) as exc:
+            self._unlock_data_dir()
             raise SpoolError(f"cannot open the spool in {self.layout.data_dir}: {exc}") from exc
         self._closing = False
         self._committer = CommitThread(conn, self.layout, self._loop)
@@ -97,6 +101,27 @@ class Spool:
         committer.stop()
         await asyncio.to_thread(committer.join)
         self._committer = None
+        self._unlock_data_dir()
+
+    def _lock_data_dir(self) -> None:
+        """One process per data directory: a second daemon's recovery would delete the
+        first one's uncommitted files and deliver its claimed mail again."""
+        self.layout.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.layout.data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise SpoolError(f"another Albatross is using {self.layout.data_dir} "
+                             f"(lock held on {self.layout.data_dir / 'lock'})") from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _unlock_data_dir(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
 
     @property
     def stats(self) -> CommitStats:
@@ -146,6 +171,12 @@ class Spool:
             writer.abort()
             raise SpoolError(f"{writer.qid}: envelope cannot be stored: {exc}") from exc
         sealed = await writer.seal()
+        if self._closing or self._committer is None:
+            # close() came while the body was being sealed: the writer thread may be gone.
+            writer.abort()
+            if sealed.tmp_path is not None:
+                _unlink_quietly(sealed.tmp_path)
+            raise SpoolError("spool is closing")
         future: asyncio.Future[None] = self._loop.create_future()
         committer.submit(CommitJob(
             qid=writer.qid, arrival=arrival, size=sealed.size, record=text, body=sealed.inline,
@@ -269,6 +300,39 @@ class Spool:
 
     def count(self) -> int:
         return int(self._read("SELECT count(*) FROM message")[0][0])
+
+    def load_envelope(self, qid: str) -> Envelope:
+        """Only the envelope (the scheduler keeps bodies out of memory until it sends)."""
+        rows = self._read("SELECT record FROM envelope WHERE id = ?", (qid,))
+        if not rows:
+            raise KeyError(qid)
+        try:
+            return Envelope.from_record(json.loads(rows[0][0]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SpoolError(f"{qid}: envelope record unreadable: {exc}") from exc
+
+    def load_body(self, qid: str) -> bytes:
+        return self.load(qid)[1]
+
+    async def flush(self, now: float, qids: list[str] | None = None) -> int:
+        """Make queued messages due at `now`: all of them, or those in `qids`. One
+        transaction whatever the count; returns how many rows were due to change."""
+        if qids is None:
+            count = int((await asyncio.to_thread(
+                self._read, "SELECT count(*) FROM schedule WHERE state = 'queued'"))[0][0])
+            statements: tuple[tuple[str, tuple[object, ...]], ...] = ((
+                "UPDATE schedule SET next_attempt = ? WHERE state = 'queued'", (now,)),)
+        else:
+            if not qids:
+                return 0
+            marks = ", ".join("?" for _ in qids)
+            count = int((await asyncio.to_thread(
+                self._read, f"SELECT count(*) FROM schedule WHERE state = 'queued'"
+                f" AND id IN ({marks})", tuple(qids)))[0][0])
+            statements = ((f"UPDATE schedule SET next_attempt = ? WHERE state = 'queued'"
+                           f" AND id IN ({marks})", (now, *qids)),)
+        await self._submit(UpdateJob("flush", statements, (), self._new_future()))
+        return count
 
     def load(self, qid: str) -> tuple[Envelope, bytes]:
         """The envelope and body of a committed message; KeyError when there is none."""
