@@ -27,6 +27,7 @@ from albatross.dns import DnsResolver, parse_server
 from albatross.model import Envelope, Recipient
 from albatross.observe import MailLog
 from albatross.routing.local import LocalMailboxes
+from albatross.sasl import RECOMMENDED, AuthLimiter, CredentialStore, PasswordHashing
 from albatross.scheduler import Admin, Route, Scheduler, SchedulerSettings
 from albatross.server import ServerContext, Session, SessionPolicy
 from albatross.server.tls import Certificates, self_signed
@@ -77,6 +78,14 @@ class App:
         self.certificates = Certificates((cert, key), cfg.tls.certificates)
         tls = self.certificates.context
         smtp = cfg.smtp
+        users = cfg.auth.users_file
+        users = users if users.is_absolute() else self.data_dir / users
+        credentials: CredentialStore | None = None
+        if users.exists():
+            credentials = await asyncio.to_thread(
+                CredentialStore, users, PasswordHashing(RECOMMENDED),
+                lambda problem: self.log.event("error", where="users", error=str(problem))
+                if self.log is not None else None)
         limits = Limits(
             hostname=cfg.hostname,
             max_command_line=smtp.max_command_line,
@@ -86,6 +95,8 @@ class App:
             max_errors=smtp.max_errors,
             bare_line_endings=smtp.bare_line_endings,
             tls_available=True,
+            auth_mechanisms=("PLAIN", "LOGIN") if credentials is not None else (),
+            auth_requires_tls=cfg.auth.require_tls,
         )
         self.scheduler = self._build_scheduler()
         policy = SessionPolicy(
@@ -102,6 +113,8 @@ class App:
             command_timeout=smtp.timeouts.command, data_timeout=smtp.timeouts.data,
             tls_timeout=smtp.timeouts.tls_handshake,
             on_queued=self.scheduler.wake,
+            credentials=credentials,
+            auth_limiter=AuthLimiter(time.monotonic) if credentials is not None else None,
         )
         loop = asyncio.get_running_loop()
         ctx = self.ctx

@@ -372,6 +372,24 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AuthConfig:
+    """SMTP AUTH (RFC 4954): PLAIN and LOGIN against a credentials file managed with
+    `albatross user`."""
+
+    users_file: Path = field(default=Path("users"), metadata={
+        "kind": values.PATH,
+        "doc": "The credentials file (see docs/auth.md), relative to data_dir unless "
+               "absolute. When it exists at start, AUTH is offered; changes made with "
+               "`albatross user` apply at the next AUTH without a restart.",
+    })
+    require_tls: bool = field(default=True, metadata={
+        "kind": values.BOOLEAN,
+        "doc": "Offer and accept AUTH only on encrypted sessions (538 5.7.11 otherwise), "
+               "so passwords never cross the network in the clear.",
+    })
+
+
+@dataclass(frozen=True, kw_only=True)
 class RelayConfig:
     """Who may send mail through this server to domains that are not ours."""
 
@@ -450,6 +468,9 @@ class Config:
     })
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig, metadata={
         "table": DeliveryConfig, "doc": DeliveryConfig.__doc__,
+    })
+    auth: AuthConfig = field(default_factory=AuthConfig, metadata={
+        "table": AuthConfig, "doc": AuthConfig.__doc__,
     })
     log: LogConfig = field(default_factory=LogConfig, metadata={
         "table": LogConfig, "doc": LogConfig.__doc__,

@@ -13,13 +13,24 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.utils import formatdate
+from email.utils import formatdate, getaddresses
 from typing import Any
 
 from albatross.errors import AlbatrossError
 from albatross.model import Envelope, Recipient, Reply
+from albatross.sasl import (
+    AuthExchangeError,
+    AuthLimiter,
+    Challenge,
+    CredentialStore,
+    Mechanism,
+    new_mechanism,
+)
+from albatross.sasl.replies import AUTH_FAILED, AUTH_OK, AUTH_RATE_LIMITED, AUTH_TEMPFAIL
 from albatross.server.tls import describe
 from albatross.smtp.server import (
+    AuthRequest,
+    AuthResponse,
     Closed,
     Hello,
     Limits,
@@ -90,6 +101,8 @@ class ServerContext:
     per_ip: dict[str, int] = field(default_factory=dict)
     shutting_down: bool = False
     committing: set[Session] = field(default_factory=set)  # stores in flight, for stop()
+    credentials: CredentialStore | None = None  # SMTP AUTH users (None: no AUTH)
+    auth_limiter: AuthLimiter | None = None
     on_queued: Callable[[], None] = lambda: None  # tell the scheduler new mail is due
     ids: Callable[[], int] = field(default_factory=lambda: itertools.count(1).__next__)
 
@@ -128,6 +141,7 @@ class Session(asyncio.Protocol):
         self.peer_port = 0
         self.tls_info: str | None = None
         self.auth_identity: str | None = None
+        self._mechanism: Mechanism | None = None
         self.last_active = 0.0
         self._busy = False  # a decision is being awaited (commit, TLS handshake)
         self._paused = False
@@ -263,6 +277,10 @@ class Session(asyncio.Protocol):
                                    phase="data", reply=str(ev.reply))  # type: ignore[union-attr]
             elif t is Reset:
                 self._drop_message()
+            elif t is AuthRequest or t is AuthResponse:
+                self._busy = True
+                asyncio.get_running_loop().create_task(self._on_auth(ev))  # type: ignore[arg-type]
+                break
             elif t is StartTLS:
                 self._busy = True
                 # Stop reading before the 220 goes out: the client's handshake bytes must
@@ -317,6 +335,15 @@ class Session(asyncio.Protocol):
             # RFC 6409 §4.3 and RFC 8314: the submission ports take mail only after AUTH.
             self._reject("mail", R_AUTH_REQUIRED, sender=_addr(ev.sender))
             return
+        if self.conn.authenticated and self.ctx.credentials is not None:
+            sender = _addr(ev.sender)
+            user = self.auth_identity or ""
+            if not self.ctx.credentials.may_send_as(user, sender):
+                # Issue 4: a user sends only as the addresses assigned to them.
+                self._reject("mail", Reply(553, "5.7.1",
+                                           f"Error: <{sender}> is not an address of {user}"),
+                             sender=sender, user=user)
+                return
         size = ev.params.size or self.ctx.limits.max_message_size
         if not self.ctx.spool.has_space_for(size):
             self._reject("mail", R_NO_SPACE, sender=_addr(ev.sender))
@@ -438,6 +465,18 @@ class Session(asyncio.Protocol):
         low = bytes(hdr).lower()
         return low.count(b"\nreceived:") + (1 if low.startswith(b"received:") else 0)
 
+    def _foreign_from(self) -> str | None:
+        """For an authenticated user: the first From: address that is not theirs."""
+        store = self.ctx.credentials
+        if not self.conn.authenticated or store is None or not self._headers:
+            return None
+        user = self.auth_identity or ""
+        for value in _header_values(bytes(self._headers), b"from"):
+            for _name, address in getaddresses([value]):
+                if address and not store.may_send_as(user, address):
+                    return address
+        return None
+
     async def _on_end(self) -> None:
         conn = self.conn
         reply: Reply
@@ -449,6 +488,9 @@ class Session(asyncio.Protocol):
                 reply = R_HEADER_TOO_BIG
             elif self._count_received() >= self.ctx.policy.max_received:
                 reply = R_LOOP
+            elif (bad := self._foreign_from()) is not None:
+                reply = Reply(553, "5.7.1", f"Error: From: <{bad}> is not an address of "
+                                            f"{self.auth_identity}")
             else:
                 reply = await self._commit(writer, qid)
             if reply.code >= 400:
@@ -512,6 +554,67 @@ class Session(asyncio.Protocol):
         if w is not None:
             w.abort()
 
+    # --- AUTH ----------------------------------------------------------------------------
+
+    async def _on_auth(self, ev: AuthRequest | AuthResponse) -> None:
+        conn = self.conn
+        try:
+            await self._auth_step(ev)
+        except AuthExchangeError as exc:
+            self._mechanism = None
+            self._log_auth(None, False, str(exc.reply))
+            conn.respond(exc.reply)
+        except Exception as exc:  # never lose the session to a bug: a temporary failure
+            self._mechanism = None
+            self.ctx.log.event("error", session=self.sid, where="auth", error=repr(exc))
+            conn.respond(AUTH_TEMPFAIL)
+        self._resume()
+
+    async def _auth_step(self, ev: AuthRequest | AuthResponse) -> None:
+        conn = self.conn
+        store, limiter = self.ctx.credentials, self.ctx.auth_limiter
+        if store is None:
+            conn.respond(AUTH_TEMPFAIL)
+            return
+        if isinstance(ev, AuthRequest):
+            if limiter is not None and limiter.check(self.peer_ip).blocked:
+                self._log_auth(None, False, "blocked: too many failures")
+                conn.respond(AUTH_RATE_LIMITED)
+                return
+            self._mechanism = new_mechanism(ev.mechanism)
+            result = self._mechanism.start(ev.initial)
+        else:
+            if self._mechanism is None:
+                conn.respond(AUTH_TEMPFAIL)
+                return
+            result = self._mechanism.step(ev.line)
+        if isinstance(result, Challenge):
+            conn.auth_challenge(result.text)
+            return
+        self._mechanism = None
+        user = result.authcid
+        if limiter is not None:
+            verdict = limiter.attempt(self.peer_ip, user)
+            if verdict.blocked:
+                self._log_auth(user, False, "blocked: too many failures")
+                conn.respond(AUTH_RATE_LIMITED)
+                return
+            if verdict.delay > 0:
+                await asyncio.sleep(verdict.delay)  # slow down password guessing
+        if await store.verify(user, result.password):
+            if limiter is not None:
+                limiter.succeeded(self.peer_ip, user)
+            self.auth_identity = user
+            self._log_auth(user, True, None)
+            conn.respond(AUTH_OK)
+        else:
+            self._log_auth(user, False, "invalid credentials")
+            conn.respond(AUTH_FAILED)
+
+    def _log_auth(self, user: str | None, ok: bool, error: str | None) -> None:
+        self.ctx.log.event("auth", session=self.sid, client=self.peer_ip, user=user, ok=ok,
+                           error=error)
+
     # --- STARTTLS ------------------------------------------------------------------------
 
     async def _on_starttls(self) -> None:
@@ -561,6 +664,25 @@ class Session(asyncio.Protocol):
         self._drop_message()
         self.conn.shutdown(R_SHUTDOWN)
         self._flush()
+
+
+def _header_values(block: bytes, name: bytes) -> list[str]:
+    """The unfolded values of every `name:` header in a header block."""
+    out: list[str] = []
+    current: list[bytes] | None = None
+    for line in block.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and current is not None:
+            current.append(line)
+            continue
+        if current is not None:
+            out.append(b" ".join(x.strip() for x in current).decode("utf-8", "replace"))
+            current = None
+        key, colon, value = line.partition(b":")
+        if colon and key.strip().lower() == name:
+            current = [value]
+    if current is not None:
+        out.append(b" ".join(x.strip() for x in current).decode("utf-8", "replace"))
+    return out
 
 
 def _addr(mb: object | None) -> str:

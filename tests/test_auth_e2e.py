@@ -1,0 +1,105 @@
+"""SMTP AUTH through the daemon: submission role, users made with `albatross user`, sender
+rules for the envelope and the From: header, the mail log's auth events."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Daemon, daemon_env, free_port, make_daemon
+
+BODY = "From: Alice <alice@localhost>\r\nTo: bob@elsewhere.test\r\nSubject: hi\r\n\r\nHi.\r\n"
+
+
+def tls() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def add_user(d: Daemon, name: str, password: str, *senders: str) -> None:
+    args = [sys.executable, "-m", "albatross", "user", "add", name, "--password-stdin",
+            "--data-dir", str(d.data_dir)]
+    for s in senders:
+        args += ["--sender", s]
+    out = subprocess.run(args, input=password + "\n", capture_output=True, text=True,
+                         env=daemon_env(), timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.fixture
+def submission(tmp_path: Path) -> tuple[Daemon, int]:
+    port = free_port()
+    # Nobody is trusted: relaying must come from authentication alone.
+    d = make_daemon(tmp_path, {"submission": [f"127.0.0.1:{port}"]},
+                    extra='[relay]\ntrusted_networks = ["127.0.0.9/32"]\n')
+    d.data_dir.mkdir(parents=True, exist_ok=True)
+    add_user(d, "alice", "correct horse", "alice@localhost", "@example.org")
+    d.start()
+    yield d, port
+    d.stop()
+
+
+def test_submission_requires_auth_then_relays(submission: tuple[Daemon, int]) -> None:
+    d, port = submission
+    with smtplib.SMTP(d.host, port, timeout=10) as s:
+        s.ehlo("client.example")
+        assert "auth" not in s.esmtp_features  # not before TLS
+        code, resp = s.docmd("AUTH", "PLAIN AGFsaWNlAGNvcnJlY3QgaG9yc2U=")
+        assert (code, resp[:6]) == (538, b"5.7.11")
+        s.starttls(context=tls())
+        s.ehlo("client.example")
+        assert s.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]
+        assert s.mail("alice@localhost")[0] == 530  # AUTH first
+        with pytest.raises(smtplib.SMTPAuthenticationError) as err:
+            s.login("alice", "wrong")
+        assert err.value.smtp_code == 535 and err.value.smtp_error.startswith(b"5.7.8")
+        s.login("alice", "correct horse")
+        assert s.sendmail("alice@localhost", ["bob@elsewhere.test"], BODY) == {}
+    [qid] = d.ids()
+    env, body = d.load(qid)
+    assert env.auth == "alice"  # type: ignore[attr-defined]
+    assert b"with ESMTPSA id" in body.split(b"\r\n\r\n")[0]
+    events = [json.loads(x) for x in d.log_path.read_text().splitlines()]
+    auths = [(e["user"], e["ok"]) for e in events if e["event"] == "auth"]
+    # smtplib tries PLAIN, then LOGIN, with the wrong password; then PLAIN succeeds.
+    assert auths[-1] == ("alice", True) and auths[:-1] and all(
+        a == ("alice", False) for a in auths[:-1])
+
+
+def test_login_mechanism_and_sender_rules(submission: tuple[Daemon, int]) -> None:
+    d, port = submission
+    with smtplib.SMTP(d.host, port, timeout=10) as s:
+        s.ehlo("client.example")
+        s.starttls(context=tls())
+        s.ehlo("client.example")
+        s.user, s.password = "alice", "correct horse"
+        code, _ = s.auth("LOGIN", s.auth_login, initial_response_ok=False)
+        assert code == 235
+        code, resp = s.mail("mallory@evil.example")
+        assert code == 553 and resp.startswith(b"5.7.1") and b"mallory@evil.example" in resp
+        s.rset()
+        # Any address of an @domain entry is hers.
+        assert s.mail("sales@example.org")[0] == 250
+        assert s.rcpt("bob@elsewhere.test")[0] == 250
+        code, resp = s.data(b"From: CEO <ceo@evil.example>\r\nSubject: x\r\n\r\nx\r\n")
+        assert code == 553 and b"ceo@evil.example" in resp
+        assert s.noop()[0] == 250
+    assert d.ids() == []
+
+
+def test_unauthenticated_relay_is_still_refused(submission: tuple[Daemon, int]) -> None:
+    d, _port = submission
+    with smtplib.SMTP(d.host, d.port, timeout=10) as s:  # the mx role
+        s.ehlo("client.example")
+        s.mail("someone@example.net")
+        code, resp = s.rcpt("bob@elsewhere.test")
+        assert code == 554 and resp.startswith(b"5.7.1")
+        assert s.rcpt("postmaster@localhost")[0] == 250
