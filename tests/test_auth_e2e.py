@@ -8,6 +8,7 @@ import smtplib
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,8 +68,12 @@ def test_submission_requires_auth_then_relays(submission: tuple[Daemon, int]) ->
     env, body = d.load(qid)
     assert env.auth == "alice"  # type: ignore[attr-defined]
     assert b"with ESMTPSA id" in body.split(b"\r\n\r\n")[0]
-    events = [json.loads(x) for x in d.log_path.read_text().splitlines()]
-    auths = [(e["user"], e["ok"]) for e in events if e["event"] == "auth"]
+    auths: list[tuple[str, bool]] = []
+    deadline = time.monotonic() + 5  # the mail log is flushed every 200 ms
+    while time.monotonic() < deadline and ("alice", True) not in auths:
+        events = [json.loads(x) for x in d.log_path.read_text().splitlines()]
+        auths = [(e["user"], e["ok"]) for e in events if e["event"] == "auth"]
+        time.sleep(0.1)
     # smtplib tries PLAIN, then LOGIN, with the wrong password; then PLAIN succeeds.
     assert auths[-1] == ("alice", True) and auths[:-1] and all(
         a == ("alice", False) for a in auths[:-1])
