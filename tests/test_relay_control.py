@@ -4,7 +4,6 @@ and none of them ends up as a queued recipient outside our domains."""
 from __future__ import annotations
 
 import smtplib
-from pathlib import Path
 
 import pytest
 
