@@ -403,3 +403,27 @@ def test_unknown_local_user_is_refused_at_rcpt(tmp_path: Path, dns_server: AuthS
             assert s.rcpt("postmaster@localhost")[0] == 250  # always, RFC 5321 §4.5.1
     finally:
         d.stop()
+
+
+def test_delivery_on_uvloop(tmp_path: Path, internet: Internet, dns_server: AuthServer) -> None:
+    """Production runs on uvloop; the other tests use the standard loop for its debug mode.
+    (A transport type check once broke every outgoing connection on uvloop only.)"""
+    pytest.importorskip("uvloop")
+    internet.clear()
+    extra = (
+        "[queue]\ndeliver = true\n"
+        f'[delivery]\ndns = "{dns_server.hostport}"\nloopback_is_local = false\n'
+        'local_addresses = ["127.0.0.1"]\n'
+    )
+    d = make_daemon(tmp_path, extra=extra, deliver=True)
+    d.env["ALBATROSS_EVENT_LOOP"] = "auto"
+    d.env.pop("PYTHONASYNCIODEBUG", None)
+    d.start()
+    try:
+        send(d, ["uv@example.test", "uv@nomx.test"])
+        internet.mx1.wait_for(1, timeout=30)
+        internet.nomx.wait_for(1, timeout=30)
+        wait_until(lambda: not d.ids(), what="queue empty")
+    finally:
+        d.stop()
+    assert "Traceback" not in "".join(d.output)

@@ -113,8 +113,8 @@ class _Wire(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # No isinstance check: uvloop's transports are not asyncio.Transport subclasses.
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -421,8 +421,7 @@ class SmtpCourier:
         if new is None:
             raise _Failure(Reply(451, "4.7.5", f"TLS handshake with {where} failed"), "tls",
                            fallback_plain=not policy.must_tls)
-        assert isinstance(new, asyncio.Transport)
-        s.wire.transport = new
+        s.wire.transport = new  # (uvloop's transports are no asyncio.Transport subclasses)
         s.tls = describe(new.get_extra_info("ssl_object"))
 
     async def _auth(self, s: _Session, relay: Relay) -> None:

@@ -199,14 +199,16 @@ class Scheduler:
 
     async def _start(self, qid: str) -> None:
         try:
-            envelope = await asyncio.to_thread(self.spool.load_envelope, qid)
-            sched = await asyncio.to_thread(self.spool.schedule, qid)
-        except (KeyError, SpoolError) as exc:
+            found = await asyncio.to_thread(self.spool.load_for_delivery, qid)
+        except SpoolError as exc:
             self.log("error", qid=qid, where="scheduler", error=str(exc))
             # Unclaim it, and look again later rather than in a tight loop.
             await self._requeue(qid, self.settings.min_backoff)
             return
-        if sched is None or sched.state == "held":
+        if found is None:
+            return  # removed meanwhile (an operator, or a finished duplicate claim)
+        envelope, sched = found
+        if sched.state == "held":
             return
         if qid in self.locked:  # an operator is deleting or bouncing it right now
             await self._requeue(qid, 1.0)
