@@ -19,7 +19,7 @@ TRICKS = [
     "victim@ElseWhere.TEST",                # mixed case
     "victim@elsewhere.test@localhost",      # two @
     "victim@localhost.elsewhere.test",      # our name as a prefix
-    "victim@lοcalhost",                     # a Greek omicron look-alike (needs SMTPUTF8)
+    "victim@lοcalhost",                     # a Greek omicron look-alike (needs SMTPUTF8)  # noqa: RUF001
     "victim@xn--lcalhost-0zb",              # the same look-alike in A-label form
 ]
 
