@@ -108,3 +108,51 @@ def test_unauthenticated_relay_is_still_refused(submission: tuple[Daemon, int]) 
         code, resp = s.rcpt("bob@elsewhere.test")
         assert code == 554 and resp.startswith(b"5.7.1")
         assert s.rcpt("postmaster@localhost")[0] == 250
+
+
+def test_submission_adds_message_id_and_date_but_mx_does_not(
+        submission: tuple[Daemon, int]) -> None:
+    d, port = submission
+    bare = b"From: alice@localhost\r\nSubject: no id\r\n\r\nbody\r\n"
+    with smtplib.SMTP(d.host, port, timeout=10) as s:
+        s.ehlo("client.example")
+        s.starttls(context=tls())
+        s.login("alice", "correct horse")
+        assert s.sendmail("alice@localhost", ["postmaster@localhost"], bare) == {}
+    with smtplib.SMTP(d.host, d.port, timeout=10) as s:  # the mx role
+        s.ehlo("client.example")
+        assert s.sendmail("someone@example.net", ["postmaster@localhost"], bare) == {}
+    submitted, received = (d.load(q)[1] for q in d.ids())
+    head = submitted.split(b"\r\n\r\n")[0]
+    assert b"\r\nMessage-ID: <" in head and b"\r\nDate: " in head
+    assert submitted.endswith(bare)
+    mx_head = received.split(b"\r\n\r\n")[0]
+    assert b"Message-ID" not in mx_head and b"\r\nDate:" not in mx_head
+
+
+def test_password_guessing_ends_in_a_block(tmp_path: Path) -> None:
+    port = free_port()
+    d = make_daemon(tmp_path, {"submission": [f"127.0.0.1:{port}"]},
+                    extra='[auth]\nslow_after = 2\nmax_delay = "0.2s"\nblock_after = 4\n'
+                          'block_for = "1h"\n')
+    d.data_dir.mkdir(parents=True, exist_ok=True)
+    add_user(d, "alice", "correct horse", "alice@localhost")
+    d.start()
+    try:
+        codes = []
+        with smtplib.SMTP(d.host, port, timeout=30) as s:
+            s.ehlo("guesser.example")
+            s.starttls(context=tls())
+            s.ehlo("guesser.example")
+            for guess in ("123456", "password", "qwerty", "letmein", "correct horse"):
+                s.user, s.password = "alice", guess
+                try:
+                    code, resp = s.auth("PLAIN", s.auth_plain)
+                except smtplib.SMTPAuthenticationError as exc:
+                    code, resp = exc.smtp_code, exc.smtp_error
+                codes.append((code, resp[:5]))
+        assert codes[:4] == [(535, b"5.7.8")] * 4
+        # Blocked now: even the right password is refused, temporarily.
+        assert codes[4] == (454, b"4.7.0")
+    finally:
+        d.stop()

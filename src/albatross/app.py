@@ -27,7 +27,14 @@ from albatross.dns import DnsResolver, parse_server
 from albatross.model import Envelope, Recipient
 from albatross.observe import MailLog
 from albatross.routing.local import LocalMailboxes
-from albatross.sasl import RECOMMENDED, AuthLimiter, CredentialStore, PasswordHashing
+from albatross.sasl import (
+    RECOMMENDED,
+    AuthLimiter,
+    AuthLimits,
+    CredentialStore,
+    PasswordHashing,
+    Thresholds,
+)
 from albatross.scheduler import Admin, Route, Scheduler, SchedulerSettings
 from albatross.server import ServerContext, Session, SessionPolicy
 from albatross.server.tls import Certificates, self_signed
@@ -114,7 +121,7 @@ class App:
             tls_timeout=smtp.timeouts.tls_handshake,
             on_queued=self.scheduler.wake,
             credentials=credentials,
-            auth_limiter=AuthLimiter(time.monotonic) if credentials is not None else None,
+            auth_limiter=self._auth_limiter() if credentials is not None else None,
         )
         loop = asyncio.get_running_loop()
         ctx = self.ctx
@@ -142,6 +149,16 @@ class App:
         print(f"albatross: listening on {listening}", file=self.out, flush=True)
         print(f"albatross: data in {self.data_dir} (queue {self.data_dir / 'queue.db'}, "
               f"log {log_path})", file=self.out, flush=True)
+
+    def _auth_limiter(self) -> AuthLimiter:
+        a = self.config.auth
+        slow = min(a.slow_after, a.block_after)
+        per_address = Thresholds(slow_after=slow, max_delay=a.max_delay,
+                                 block_after=a.block_after, block_for=a.block_for)
+        per_user = Thresholds(slow_after=slow, max_delay=a.max_delay,
+                              block_after=2 * a.block_after, block_for=a.block_for)
+        return AuthLimiter(time.monotonic, AuthLimits(per_address=per_address,
+                                                      per_user=per_user))
 
     def _couriers(self) -> dict[str, Courier]:
         """The Maildir courier for local domains, the SMTP courier for everything else, and

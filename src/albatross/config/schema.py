@@ -387,6 +387,25 @@ class AuthConfig:
         "doc": "Offer and accept AUTH only on encrypted sessions (538 5.7.11 otherwise), "
                "so passwords never cross the network in the clear.",
     })
+    slow_after: int = field(default=3, metadata={
+        "kind": values.integer(minimum=1),
+        "doc": "Failed logins (from one client address, or for one user, within 15 minutes) "
+               "after which each further attempt is answered more slowly.",
+    })
+    max_delay: float = field(default=10.0, metadata={
+        "kind": values.duration(positive=False),
+        "doc": "The longest such slowdown (one more second per failure up to this).",
+    })
+    block_after: int = field(default=10, metadata={
+        "kind": values.integer(minimum=1),
+        "doc": "Failed logins after which the address (or user) is refused with 454 4.7.0 "
+               "for block_for, whatever the password; a user name tolerates twice as many "
+               "so that strangers cannot lock a user out from everywhere.",
+    })
+    block_for: float = field(default=900.0, metadata={
+        "kind": values.duration(),
+        "doc": "How long a block lasts.",
+    })
 
 
 @dataclass(frozen=True, kw_only=True)

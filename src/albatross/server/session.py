@@ -159,6 +159,7 @@ class Session(asyncio.Protocol):
         self._released = False
         self._eof = False
         self._write_paused = False
+        self._flushed_any = False
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -384,6 +385,7 @@ class Session(asyncio.Protocol):
         self._header_end = -1
         self._header_overflow = False
         self._store_failed = False
+        self._flushed_any = False
         received = self._received(qid)
         self._pending_writes = [received]
         self._pending_size = len(received)
@@ -422,12 +424,15 @@ class Session(asyncio.Protocol):
             return False
         if self._header_end < 0 and not self._header_overflow:
             self._scan_headers(data)
+            if self._header_end >= 0 and self.role != "mx":
+                self._submission_fixups()
         self._pending_writes.append(data)
         self._pending_size += len(data)
         return self._pending_size >= _STREAM_CHUNK
 
     async def _write_pending(self) -> None:
         writes, self._pending_writes, self._pending_size = self._pending_writes, [], 0
+        self._flushed_any = True
         writer = self._writer
         if writer is not None:
             await writer.write(b"".join(writes))
@@ -457,6 +462,23 @@ class Session(asyncio.Protocol):
             del hdr[end + 2 :]
         if len(hdr) > self.ctx.policy.max_header_size:
             self._header_overflow = True
+
+    def _submission_fixups(self) -> None:
+        """RFC 6409 §8: a submission server may add a missing Message-ID and Date (never
+        done for mail received as MX, which must arrive as it was sent)."""
+        if self._flushed_any or not self._pending_writes or self._headers is None:
+            return  # a header block so large it is already on disk: leave it alone
+        names = {line.split(b":", 1)[0].strip().lower()
+                 for line in bytes(self._headers).split(b"\r\n") if b":" in line
+                 and line[:1] not in (b" ", b"\t")}
+        extra = b""
+        if b"message-id" not in names:
+            extra += (f"Message-ID: <{self._qid}.{int(time.time())}@"
+                      f"{self.ctx.limits.hostname}>\r\n").encode()
+        if b"date" not in names:
+            extra += f"Date: {formatdate(localtime=True)}\r\n".encode()
+        if extra:
+            self._pending_writes[0] += extra  # right after our Received header
 
     def _count_received(self) -> int:
         hdr = self._headers
