@@ -207,13 +207,13 @@ class Scheduler:
             return
         if found is None:
             return  # removed meanwhile (an operator, or a finished duplicate claim)
-        envelope, sched = found
+        envelope, sched, body = found
         if sched.state == "held":
             return
         if qid in self.locked:  # an operator is deleting or bouncing it right now
             await self._requeue(qid, 1.0)
             return
-        msg = _Active(qid, envelope, sched.attempts, sched.warned)
+        msg = _Active(qid, envelope, sched.attempts, sched.warned, body)
         pending = [r for r in envelope.recipients if not r.is_final]
         if not pending:  # all final, but not yet removed (a stop came in between)
             self.active[qid] = msg

@@ -316,20 +316,25 @@ class Spool:
         except (ValueError, KeyError, TypeError) as exc:
             raise SpoolError(f"{qid}: envelope record unreadable: {exc}") from exc
 
-    def load_for_delivery(self, qid: str) -> tuple[Envelope, Schedule] | None:
-        """The envelope and schedule of a message, in one query; None when it is gone."""
+    def load_for_delivery(self, qid: str, prefetch: int = 32 * 1024
+                          ) -> tuple[Envelope, Schedule, bytes | None] | None:
+        """The envelope, schedule and (when stored inline and at most `prefetch` bytes) the
+        body of a message, in one query; None when it is gone."""
         rows = self._read(
-            "SELECT e.record, s.state, s.next_attempt, s.attempts, s.warned, s.last_error"
-            " FROM envelope e JOIN schedule s ON s.id = e.id WHERE e.id = ?", (qid,))
+            "SELECT e.record, s.state, s.next_attempt, s.attempts, s.warned, s.last_error,"
+            " CASE WHEN m.size <= ? THEN m.body END"
+            " FROM envelope e JOIN schedule s ON s.id = e.id JOIN message m ON m.id = e.id"
+            " WHERE e.id = ?", (prefetch, qid))
         if not rows:
             return None
-        record, state, next_attempt, attempts, warned, last_error = rows[0]
+        record, state, next_attempt, attempts, warned, last_error, body = rows[0]
         try:
             envelope = Envelope.from_record(json.loads(record))
         except (ValueError, KeyError, TypeError) as exc:
             raise SpoolError(f"{qid}: envelope record unreadable: {exc}") from exc
-        return envelope, Schedule(str(state), float(next_attempt), int(attempts),
-                                  bool(warned), last_error)
+        return (envelope, Schedule(str(state), float(next_attempt), int(attempts),
+                                   bool(warned), last_error),
+                None if body is None else bytes(body))
 
     def load_body(self, qid: str) -> bytes:
         return self.load(qid)[1]
