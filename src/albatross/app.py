@@ -121,6 +121,7 @@ class App:
             tls_timeout=smtp.timeouts.tls_handshake,
             on_queued=self.scheduler.wake,
             credentials=credentials,
+            proxy_from=tuple(smtp.proxy_protocol_from),
             auth_limiter=self._auth_limiter() if credentials is not None else None,
         )
         loop = asyncio.get_running_loop()

@@ -80,6 +80,12 @@ class SmtpConfig:
         "doc": 'Addresses for the submissions role (RFC 8314, usually port 465): TLS from '
                'the first byte, then AUTH before MAIL.',
     })
+    proxy_protocol_from: tuple[Network, ...] = field(default=(), metadata={
+        "kind": values.NETWORKS,
+        "doc": "Load balancers (HAProxy...) whose connections begin with a PROXY protocol "
+               "v1 or v2 header giving the real client address; from these addresses a "
+               "connection without a valid header is closed without a reply. Empty: off.",
+    })
     max_message_size: int = field(default=50 << 20, metadata={
         "kind": values.size(minimum=1),
         "doc": "Largest message accepted, in bytes; advertised with the EHLO SIZE keyword "

@@ -27,6 +27,8 @@ from albatross.sasl import (
     new_mechanism,
 )
 from albatross.sasl.replies import AUTH_FAILED, AUTH_OK, AUTH_RATE_LIMITED, AUTH_TEMPFAIL
+from albatross.server.proxy import ProxyError, ProxyHeaderParser
+from albatross.server.proxy import allowed as proxy_allowed
 from albatross.server.tls import describe
 from albatross.smtp.server import (
     AuthRequest,
@@ -102,6 +104,7 @@ class ServerContext:
     shutting_down: bool = False
     committing: set[Session] = field(default_factory=set)  # stores in flight, for stop()
     credentials: CredentialStore | None = None  # SMTP AUTH users (None: no AUTH)
+    proxy_from: tuple[Any, ...] = ()  # networks whose connections start with a PROXY header
     auth_limiter: AuthLimiter | None = None
     on_queued: Callable[[], None] = lambda: None  # tell the scheduler new mail is due
     ids: Callable[[], int] = field(default_factory=lambda: itertools.count(1).__next__)
@@ -160,6 +163,9 @@ class Session(asyncio.Protocol):
         self._eof = False
         self._write_paused = False
         self._flushed_any = False
+        self._proxy: ProxyHeaderParser | None = None
+        self._proxy_timer: asyncio.TimerHandle | None = None
+        self.proxy_peer: str | None = None  # the balancer's address, when behind one
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -171,8 +177,56 @@ class Session(asyncio.Protocol):
         if self.role == "submissions":  # implicit TLS: the handshake is already done
             self.tls_info = describe(transport.get_extra_info("ssl_object"))
         self.last_active = time.monotonic()
+        if ctx.proxy_from and proxy_allowed(self.peer_ip, ctx.proxy_from):
+            # A load balancer: the client's real address comes first, in a PROXY header
+            # (v1 or v2); nothing is sent before it arrives.
+            self._proxy = ProxyHeaderParser()
+            self._proxy_timer = asyncio.get_running_loop().call_later(
+                ctx.tls_timeout, self._proxy_timeout)
+            return
+        self._open()
+
+    def _proxy_timeout(self) -> None:
+        if self._proxy is not None and self.transport is not None:
+            self.ctx.log.event("reject", session=self.sid, client=self.peer_ip,
+                               phase="proxy", reply="no PROXY header in time")
+            self.transport.abort()
+
+    def _proxy_header(self, data: bytes) -> None:
+        parser = self._proxy
+        assert parser is not None
+        try:
+            info = parser.feed(data)
+        except ProxyError as exc:
+            # Malformed: close without a reply (the peer is our balancer, not a client).
+            self.ctx.log.event("reject", session=self.sid, client=self.peer_ip,
+                               phase="proxy", reply=str(exc))
+            self._proxy = None
+            if self._proxy_timer is not None:
+                self._proxy_timer.cancel()
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if info is None:
+            return
+        self._proxy = None
+        if self._proxy_timer is not None:
+            self._proxy_timer.cancel()
+        if not info.local and info.source_ip is not None:
+            ip = info.source_ip
+            if ip.startswith("::ffff:") and "." in ip:
+                ip = ip[7:]
+            self.proxy_peer = self.peer_ip
+            self.peer_ip, self.peer_port = ip, int(info.source_port or 0)
+        self._open()
+        if parser.rest and self.transport is not None:
+            self.data_received(parser.rest)
+
+    def _open(self) -> None:
+        """Count the connection against the limits and greet (or refuse) the client."""
+        ctx = self.ctx
         ctx.log.event("connect", session=self.sid, client=self.peer_ip, port=self.peer_port,
-                      role=self.role, tls=self.tls_info)
+                      role=self.role, tls=self.tls_info, proxy=self.proxy_peer)
         reply: Reply
         if ctx.shutting_down:
             reply = R_SHUTDOWN
@@ -193,6 +247,9 @@ class Session(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
+        if self._proxy is not None:
+            self._proxy_header(data)
+            return
         self.conn.receive_data(data)
         if not self._busy:
             self._pump()
