@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     from albatross.cli import user as user_cli
 
     user_cli.add_parser(sub)
+    from albatross.cli import policy as policy_cli
+
+    policy_cli.add_parser(sub)
 
     sm = sub.add_parser("sendmail", help="sendmail-compatible submission (reads stdin)",
                         add_help=False)

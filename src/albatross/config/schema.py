@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from albatross.config import values
+from albatross.config.policy import PolicyConfig
 from albatross.config.values import Network
 
 
@@ -496,6 +497,9 @@ class Config:
     })
     auth: AuthConfig = field(default_factory=AuthConfig, metadata={
         "table": AuthConfig, "doc": AuthConfig.__doc__,
+    })
+    policy: PolicyConfig = field(default_factory=PolicyConfig, metadata={
+        "table": PolicyConfig, "doc": PolicyConfig.__doc__,
     })
     log: LogConfig = field(default_factory=LogConfig, metadata={
         "table": LogConfig, "doc": LogConfig.__doc__,
