@@ -69,7 +69,7 @@ POLL = 0.02  # seconds between two looks at the sink and the queue
 # The uvloop transport is not an asyncio.Transport subclass, and delivery/smtp.py's
 # _Wire.connection_made asserts that it is: under uvloop every outgoing connection fails and
 # nothing is ever delivered. Until that is fixed the benchmark runs the standard loop.
-DEFAULT_EVENT_LOOP = "asyncio"
+DEFAULT_EVENT_LOOP = "auto"
 
 
 # ------------------------------------------------------------------ the load
