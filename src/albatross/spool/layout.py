@@ -73,13 +73,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_file_durably(path: Path, data: bytes) -> None:
-    """Write a new file and fsync it (its directory is the caller's to fsync)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def write_file_durably(path: Path, *parts: bytes, exclusive: bool = False) -> None:
+    """Write a new file from `parts` and fsync it (its directory is the caller's to fsync).
+    `exclusive`: fail if the name exists, and never follow a symlink planted there."""
+    flags = os.O_WRONLY | os.O_CREAT
+    flags |= os.O_EXCL | os.O_NOFOLLOW if exclusive else os.O_TRUNC
+    fd = os.open(path, flags, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        for part in parts:
+            view = memoryview(part)
+            while view:
+                view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)

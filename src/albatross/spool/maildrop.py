@@ -20,7 +20,7 @@ from pathlib import Path
 from albatross.errors import SpoolError
 from albatross.model import Envelope
 from albatross.spool.ids import IdSource
-from albatross.spool.layout import fsync_dir
+from albatross.spool.layout import fsync_dir, write_file_durably
 
 # An envelope line longer than this is not something our sendmail command writes.
 MAX_RECORD = 1024 * 1024
@@ -51,15 +51,7 @@ def deposit(data_dir: Path, envelope: Envelope, message: bytes, *, shard: str = 
     final = drop / f"{qid}.msg"
     try:
         drop.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            for part in (line.encode("ascii") + b"\n", message):
-                view = memoryview(part)
-                while view:
-                    view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_file_durably(tmp, line.encode("ascii") + b"\n", message, exclusive=True)
         os.rename(tmp, final)
         fsync_dir(drop)
     except OSError as exc:
