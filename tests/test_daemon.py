@@ -9,6 +9,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -300,8 +301,8 @@ def test_mail_log_follows_the_session(daemon: Daemon) -> None:
 def test_data_dir_and_listen_flags(tmp_path: Path) -> None:
     port = __import__("tests.conftest", fromlist=["free_port"]).free_port()
     proc = subprocess.Popen(
-        ["python3", "-m", "albatross", "serve", "--data-dir", str(tmp_path / "d"),
-         "--listen", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "albatross", "serve", "--data-dir", str(tmp_path / "d"),
+         "--listen", f"127.0.0.1:{port}", "--dns", "127.0.0.53:53"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         env=__import__("tests.conftest", fromlist=["daemon_env"]).daemon_env())
     try:
