@@ -714,3 +714,75 @@ async def test_reverse_dns_slower_than_the_check_is_unknown_not_451() -> None:
         c = client("127.0.0.2")
         assert await policy.run(Phase.CONNECT, c) == ACCEPT
         assert c.ptr == "unknown" and "in time" in events.about("fcrdns")[0]["error"]
+
+
+# --- inline decisions (what the session asks at EHLO and MAIL) -----------------------------
+
+
+def test_instant_phases_are_those_whose_checks_all_decide_without_io() -> None:
+    r = listing()
+    policy = build_policy(config_with(dnsbl_zones=("bl.example",), messages_per_hour_per_ip=1),
+                          r)
+    assert policy.instant(Phase.HELO) and policy.instant(Phase.MAIL)
+    assert not policy.instant(Phase.CONNECT)  # fcrdns and dnsbl ask the DNS
+    assert policy.instant(Phase.RCPT)  # no checks at all: trivially instant
+
+
+def test_decide_gives_the_same_answers_as_run() -> None:
+    clock = Clock()
+    policy = build_policy(config_with(messages_per_hour_per_ip=1, helo_required_fqdn=True),
+                          listing(), clock=clock)
+    c = client("192.0.2.7")
+    assert policy.decide(Phase.HELO, c, helo="pc17").reply == Reply(
+        504, "5.5.2", "<pc17>: Helo command rejected: need fully-qualified hostname")
+    assert policy.decide(Phase.HELO, c, helo="pc17.example.org") == ACCEPT
+    assert policy.decide(Phase.MAIL, c, sender="a@example.org") == ACCEPT
+    refused = policy.decide(Phase.MAIL, c, sender="a@example.org")
+    assert refused.action == "tempfail" and refused.check == "rate"
+    assert str(refused.reply) == ("451 4.7.1 Error: too many messages from [192.0.2.7] "
+                                  "(limit 1 per hour)")
+
+
+class Broken:
+    name = "broken"
+    phase = Phase.MAIL
+    timeout = 1.0
+    detail = ""
+
+    def __init__(self, result: Any = None, error: Exception | None = None) -> None:
+        self.result, self.error = result, error
+
+    def decide(self, client: ClientInfo, **fields: Any) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    async def run(self, client: ClientInfo, **fields: Any) -> Any:
+        return self.decide(client, **fields)
+
+
+@pytest.mark.parametrize("check", [Broken(error=RuntimeError("bug")), Broken(result="yes")])
+def test_decide_turns_a_broken_check_into_451(check: Broken) -> None:
+    events = Events()
+    verdict = Policy([check], log=events).decide(Phase.MAIL, client())
+    assert str(verdict.reply) == ("451 4.3.0 Temporary failure in policy check broken; "
+                                  "try again later")
+    assert len(events.about("broken")) == 1
+
+
+def test_rate_window_setting_shapes_count_and_reply() -> None:
+    clock = Clock()
+    policy = build_policy(config_with(messages_per_hour_per_ip=1, rate_window=600.0),
+                          listing(), clock=clock)
+    c = client("192.0.2.8")
+    assert policy.decide(Phase.MAIL, c) == ACCEPT
+    assert str(policy.decide(Phase.MAIL, c).reply).endswith("(limit 1 per 10m)")
+    clock.now += 601
+    assert policy.decide(Phase.MAIL, c) == ACCEPT
+
+
+def test_reverse_dns_off_drops_the_lookups_unless_required() -> None:
+    assert describe(config_with(reverse_dns=False)) == [
+        "helo     helo  require_fqdn=no timeout=10s"]
+    assert describe(config_with(reverse_dns=False, require_fcrdns=True))[0].startswith(
+        "connect  fcrdns  required_on=mx")

@@ -40,10 +40,19 @@ class PolicyConfig:
         "doc": 'Also refuse a single-label HELO name such as "localhost" or "pc17" '
                "(504 5.5.2); needs helo_checks.",
     })
+    reverse_dns: bool = field(default=True, metadata={
+        "kind": values.BOOLEAN,
+        "doc": "Look up each client's forward-confirmed reverse DNS name at connect and "
+               "record it in Received and the mail log (like Postfix's "
+               "smtpd_peername_lookup). The greeting waits for the lookups (cached by "
+               "TTL). Off: no lookups, the name is not recorded; require_fcrdns turns "
+               "them back on.",
+    })
     require_fcrdns: bool = field(default=False, metadata={
         "kind": values.BOOLEAN,
-        "doc": "On the mx role, refuse clients whose address has no forward-confirmed "
-               "reverse DNS name with 450 4.7.25 (RFC 7372). Either way the name, or "
+        "doc": "On the mx role, turn away clients whose address has no forward-confirmed "
+               "reverse DNS name with 421 4.7.25 as the greeting (RFC 7372). Either way "
+               "the name, or "
                '"unknown", is recorded in Received and the mail log.',
     })
     messages_per_hour_per_ip: int = field(default=0, metadata={
@@ -56,6 +65,11 @@ class PolicyConfig:
         "kind": values.integer(minimum=0),
         "doc": "Messages (counted at MAIL FROM) per sliding hour from one authenticated "
                "user, wherever they connect from; more get 451 4.7.1. 0 is unlimited.",
+    })
+    rate_window: float = field(default=3600.0, metadata={
+        "kind": values.duration(),
+        "doc": "The sliding window of both message rates: the limits count the messages of "
+               'the last rate_window (the default "1h" makes them per hour).',
     })
     rate_exempt_trusted: bool = field(default=True, metadata={
         "kind": values.BOOLEAN,

@@ -38,11 +38,11 @@ def build_policy(config: Config, resolver: Resolver, *, log: Log | None = None,
     def never(client: ClientInfo) -> bool:
         return False
 
-    checks: list[Check] = [
-        FcrdnsCheck(resolver, timeout=table.check_timeout,
-                    require_roles=("mx",) if table.require_fcrdns else (),
-                    skip=trusted, log=log),
-    ]
+    checks: list[Check] = []
+    if table.reverse_dns or table.require_fcrdns:
+        checks.append(FcrdnsCheck(resolver, timeout=table.check_timeout,
+                                  require_roles=("mx",) if table.require_fcrdns else (),
+                                  skip=trusted, log=log))
     if table.dnsbl_zones:
         checks.append(DnsblCheck(resolver, table.dnsbl_zones, timeout=table.dnsbl_timeout,
                                  skip=trusted, roles=("mx",), log=log))
@@ -52,7 +52,7 @@ def build_policy(config: Config, resolver: Resolver, *, log: Log | None = None,
     if table.messages_per_hour_per_ip or table.messages_per_hour_per_user:
         checks.append(RateCheck(per_ip=table.messages_per_hour_per_ip,
                                 per_user=table.messages_per_hour_per_user,
-                                timeout=table.check_timeout,
+                                timeout=table.check_timeout, window=table.rate_window,
                                 exempt=trusted if table.rate_exempt_trusted else never,
                                 clock=clock))
     return Policy(checks, log=log)

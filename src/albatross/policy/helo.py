@@ -80,6 +80,10 @@ class HeloCheck:
         self.detail = f"require_fqdn={'yes' if require_fqdn else 'no'}"
 
     async def run(self, client: ClientInfo, **fields: Any) -> Verdict | None:
+        return self.decide(client, **fields)
+
+    def decide(self, client: ClientInfo, **fields: Any) -> Verdict | None:
+        """The verdict, computed without I/O (so the session may ask it inline)."""
         if client.authenticated is not None or self.skip(client):
             return None
         name = fields.get("helo", client.helo)

@@ -18,6 +18,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
+from albatross.policy.chain import show_seconds
 from albatross.policy.verdict import ClientInfo, Phase, Verdict, tempfail
 
 HOUR = 3600.0
@@ -97,6 +98,10 @@ class RateCheck:
                        f"window={window:g}s")
 
     async def run(self, client: ClientInfo, **fields: Any) -> Verdict | None:
+        return self.decide(client, **fields)
+
+    def decide(self, client: ClientInfo, **fields: Any) -> Verdict | None:
+        """The verdict, computed without I/O (so the session may ask it inline)."""
         counted: list[tuple[SlidingWindow, str]] = []
         if client.authenticated is not None:
             # Authenticated mail is the user's: counting it per address too would throttle
@@ -117,5 +122,8 @@ class RateCheck:
         return None
 
     def _refuse(self, who: str, limit: int) -> Verdict:
+        window = self.per_ip.window if self.per_ip is not None else (
+            self.per_user.window if self.per_user is not None else HOUR)
+        per = "hour" if window == HOUR else show_seconds(window)
         return tempfail(self.name, 451, "4.7.1",
-                        f"Error: too many messages from {who} (limit {limit} per hour)")
+                        f"Error: too many messages from {who} (limit {limit} per {per})")

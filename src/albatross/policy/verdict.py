@@ -81,6 +81,8 @@ class Check(Protocol):
     """One policy hook. `run` returns None for "no opinion", or a Verdict.
 
     It may raise or overrun `timeout`: the Policy turns either into a temporary failure.
+    A check that needs no I/O may also have `decide(client, **fields)`, the same answer
+    computed synchronously; when every check of a phase has one, the session asks inline.
     `detail` is its settings in one line for `albatross policy show` ("zones=a,b").
     """
 
