@@ -392,7 +392,8 @@ def start_albatross(
         # The acceptance benchmark measures receiving: queue without delivering, the same
         # work as Postfix's hold mode.
         config = workdir / "albatross.toml"
-        config.write_text("[queue]\ndeliver = false\n")
+        # No reverse DNS at connect: Postfix runs with smtpd_peername_lookup = no.
+        config.write_text("[queue]\ndeliver = false\n[policy]\nreverse_dns = false\n")
     argv += ["--config", str(config)]
     env = dict(os.environ)
     for key, value in cmd.env:

@@ -38,7 +38,8 @@ from harness import (
     start_albatross,
 )
 
-CONFIG = "[smtp]\nmax_connections_per_ip = {per_ip}\nmax_connections = {total}\n"
+CONFIG = ("[smtp]\nmax_connections_per_ip = {per_ip}\nmax_connections = {total}\n"
+          "[policy]\nreverse_dns = false\n")
 MAX_REPLY = 64 * 1024  # a greeting or EHLO reply longer than this is an error, not a wait
 
 

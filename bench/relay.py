@@ -243,6 +243,9 @@ def albatross_config(sink_port: int, concurrency: int, extra: str = "") -> str:
         "[smtp]\n"
         "max_connections_per_ip = 1000\n"
         "max_connections = 2000\n"
+        # Postfix runs with smtpd_peername_lookup = no: no reverse DNS on either side.
+        "[policy]\n"
+        "reverse_dns = false\n"
         + extra
     )
 

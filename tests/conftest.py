@@ -135,6 +135,13 @@ def make_daemon(base: Path, smtp: dict[str, object] | None = None, extra: str = 
     if "[local]" not in extra:
         # Tests send to any user at localhost; unknown users have their own test.
         extra += '\n[local]\ncatch_all = "postmaster"\n'
+    if "[delivery]" not in extra:
+        # Nothing may ask a DNS server off loopback (the machine's resolv.conf does).
+        extra += '\n[delivery]\ndns = "127.0.0.53:53"\ndns_timeout = "2s"\n'
+    if "[policy]" not in extra:
+        # No reverse lookups at connect unless a test asks (test_access_e2e.py does, with
+        # nsd): like Postfix's smtpd_peername_lookup = no in the benchmarks.
+        extra += "\n[policy]\nreverse_dns = false\n"
     cfg.write_text("\n".join(lines) + "\n" + extra, "utf-8")
     return Daemon(data_dir=data_dir, config=cfg, port=port)
 

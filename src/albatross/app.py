@@ -26,6 +26,7 @@ from albatross.delivery.tls import TlsPolicies, TlsPolicy
 from albatross.dns import DnsResolver, parse_server
 from albatross.model import Envelope, Recipient
 from albatross.observe import MailLog
+from albatross.policy import build_policy
 from albatross.routing.local import LocalMailboxes
 from albatross.sasl import (
     RECOMMENDED,
@@ -58,6 +59,10 @@ class App:
         self.scheduler: Scheduler | None = None
         self.admin: Any = None
         self.couriers: dict[str, Courier] = {}
+        d = config.delivery
+        # One resolver (one cache) for delivery and the client checks.
+        self.resolver = DnsResolver([parse_server(d.dns)] if d.dns else None,
+                                    timeout=d.dns_timeout)
         self.mailboxes = LocalMailboxes(
             domains=frozenset(d.lower() for d in config.domains.local),
             users=frozenset(config.local.users), catch_all=config.local.catch_all,
@@ -123,6 +128,7 @@ class App:
             credentials=credentials,
             proxy_from=tuple(smtp.proxy_protocol_from),
             auth_limiter=self._auth_limiter() if credentials is not None else None,
+            checks=build_policy(cfg, self.resolver, log=self.log.event),
         )
         loop = asyncio.get_running_loop()
         ctx = self.ctx
@@ -166,8 +172,7 @@ class App:
         one SMTP courier per relay named in [delivery.domains]."""
         cfg = self.config
         d = cfg.delivery
-        resolver = DnsResolver([parse_server(d.dns)] if d.dns else None,
-                               timeout=d.dns_timeout)
+        resolver = self.resolver
         ca = str(d.ca_file) if d.ca_file else None
         tls = TlsPolicies(
             default=TlsPolicy(d.tls, ca_file=ca),  # type: ignore[arg-type]

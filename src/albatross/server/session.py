@@ -18,6 +18,7 @@ from typing import Any
 
 from albatross.errors import AlbatrossError
 from albatross.model import Envelope, Recipient, Reply
+from albatross.policy import ACCEPT, ClientInfo, Phase, Policy, Verdict
 from albatross.sasl import (
     AuthExchangeError,
     AuthLimiter,
@@ -65,8 +66,9 @@ _STREAM_CHUNK = 256 * 1024  # hand content to the spool in pieces of about this 
 
 @dataclass(slots=True)
 class SessionPolicy:
-    """The checks of this milestone: relay control and loop detection. Issue 4 grows this
-    into policy/ with per-phase hooks."""
+    """The decisions built into every session: relay control, local recipients and loop
+    detection. The configurable client checks (DNSBL, HELO, rates...) are the `Policy` in
+    ServerContext.checks, asked at each phase."""
 
     local_domains: frozenset[str]
     trusts: Callable[[str], bool]  # is this client address in a trusted network?
@@ -107,6 +109,7 @@ class ServerContext:
     proxy_from: tuple[Any, ...] = ()  # networks whose connections start with a PROXY header
     auth_limiter: AuthLimiter | None = None
     on_queued: Callable[[], None] = lambda: None  # tell the scheduler new mail is due
+    checks: Policy | None = None  # per-phase client checks (policy/), None for none
     ids: Callable[[], int] = field(default_factory=lambda: itertools.count(1).__next__)
 
 
@@ -166,6 +169,7 @@ class Session(asyncio.Protocol):
         self._proxy: ProxyHeaderParser | None = None
         self._proxy_timer: asyncio.TimerHandle | None = None
         self.proxy_peer: str | None = None  # the balancer's address, when behind one
+        self.client = ClientInfo("", 0, role)  # what the policy checks see
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -223,10 +227,11 @@ class Session(asyncio.Protocol):
             self.data_received(parser.rest)
 
     def _open(self) -> None:
-        """Count the connection against the limits and greet (or refuse) the client."""
+        """Count the connection against the limits, run the connect checks, and greet (or
+        refuse) the client."""
         ctx = self.ctx
-        ctx.log.event("connect", session=self.sid, client=self.peer_ip, port=self.peer_port,
-                      role=self.role, tls=self.tls_info, proxy=self.proxy_peer)
+        client = self.client
+        client.ip, client.port, client.tls = self.peer_ip, self.peer_port, bool(self.tls_info)
         reply: Reply
         if ctx.shutting_down:
             reply = R_SHUTDOWN
@@ -239,9 +244,38 @@ class Session(asyncio.Protocol):
             ctx.sessions.add(self)
             ctx.per_ip[self.peer_ip] = ctx.per_ip.get(self.peer_ip, 0) + 1
             self._counted = True
+            if ctx.checks is not None and ctx.checks.has(Phase.CONNECT):
+                # The greeting waits for the checks (reverse DNS, DNSBL); what the client
+                # sends meanwhile stays buffered until it is greeted.
+                self._busy = True
+                asyncio.get_running_loop().create_task(self._on_connect(ctx.checks, reply))
+                return
+        self._greet(reply)
+
+    async def _on_connect(self, checks: Policy, welcome: Reply) -> None:
+        verdict = await checks.run(Phase.CONNECT, self.client)
+        self._busy = False
+        if verdict.accepted:
+            self._greet(welcome)
+            return
+        reply = verdict.reply
+        assert reply is not None
+        if reply.is_transient:
+            # A temporary refusal before the session starts is 421 (RFC 5321 §3.1 and
+            # §4.2.3); the check's enhanced code and text say why.
+            reply = Reply(421, reply.enhanced, reply.text)
+        self._greet(reply, check=verdict.check)
+
+    def _greet(self, reply: Reply, **why: Any) -> None:
+        ctx = self.ctx
+        ctx.log.event("connect", session=self.sid, client=self.peer_ip, port=self.peer_port,
+                      role=self.role, tls=self.tls_info, proxy=self.proxy_peer,
+                      client_name=self.client.ptr)
         if reply.code != 220:
             ctx.log.event("reject", session=self.sid, client=self.peer_ip, phase="connect",
-                          reply=str(reply))
+                          reply=str(reply), **why)
+        if self.transport is None:  # the client left while the checks ran
+            return
         self.conn.greet(reply)
         self._pump()
 
@@ -319,16 +353,22 @@ class Session(asyncio.Protocol):
                     break
             elif t is RcptTo:
                 self._on_rcpt(ev)  # type: ignore[arg-type]
+                if self._busy:
+                    break
             elif t is MessageEnd:
                 self._busy = True
                 asyncio.get_running_loop().create_task(self._on_end())
                 break
             elif t is MailFrom:
                 self._on_mail(ev)  # type: ignore[arg-type]
+                if self._busy:
+                    break
             elif t is MessageStart:
                 self._on_start()
             elif t is Hello:
                 self._on_hello(ev)  # type: ignore[arg-type]
+                if self._busy:
+                    break
             elif t is MessageAborted:
                 self._drop_message()
                 self.ctx.log.event("reject", session=self.sid, client=self.peer_ip,
@@ -383,10 +423,44 @@ class Session(asyncio.Protocol):
 
     # --- decisions -----------------------------------------------------------------------
 
+    def _ask(self, phase: Phase, then: Callable[[Verdict], None], **fields: Any) -> None:
+        """Ask the policy's `phase` checks, then call `then` with the verdict: inline when
+        they need no I/O (EHLO and MAIL stay on the fast path), else from a task while the
+        session waits (busy: no further command is read until `then` has answered)."""
+        checks = self.ctx.checks
+        if checks is None or not checks.has(phase):
+            then(ACCEPT)
+        elif checks.instant(phase):
+            then(checks.decide(phase, self.client, **fields))
+        else:
+            self._busy = True
+            asyncio.get_running_loop().create_task(self._ask_later(checks, phase, then, fields))
+
+    async def _ask_later(self, checks: Policy, phase: Phase, then: Callable[[Verdict], None],
+                         fields: dict[str, Any]) -> None:
+        verdict = await checks.run(phase, self.client, **fields)
+        if self.transport is not None and self.conn.pending is not None:
+            then(verdict)
+        self._resume()
+
+    def _refused(self, phase: str, verdict: Verdict, **fields: Any) -> bool:
+        """Answer a refusing verdict (True), or do nothing for an accepting one (False)."""
+        if verdict.accepted:
+            return False
+        assert verdict.reply is not None
+        self._reject(phase, verdict.reply, check=verdict.check, **fields)
+        return True
+
     def _on_hello(self, ev: Hello) -> None:
         self.ctx.log.event("helo", session=self.sid, client=self.peer_ip, helo=ev.name,
                            esmtp=ev.extended)
-        self.conn.accept()
+
+        def then(verdict: Verdict) -> None:
+            if not self._refused("helo", verdict, helo=ev.name):
+                self.client.helo = ev.name
+                self.conn.accept()
+
+        self._ask(Phase.HELO, then, helo=ev.name)
 
     def _on_mail(self, ev: MailFrom) -> None:
         if self.role != "mx" and not self.conn.authenticated:
@@ -406,7 +480,13 @@ class Session(asyncio.Protocol):
         if not self.ctx.spool.has_space_for(size):
             self._reject("mail", R_NO_SPACE, sender=_addr(ev.sender))
             return
-        self.conn.accept()
+        sender = _addr(ev.sender)
+
+        def then(verdict: Verdict) -> None:
+            if not self._refused("mail", verdict, sender=sender):
+                self.conn.accept()
+
+        self._ask(Phase.MAIL, then, sender=sender, size=ev.params.size)
 
     def _on_rcpt(self, ev: RcptTo) -> None:
         rcpt = ev.recipient
@@ -416,15 +496,24 @@ class Session(asyncio.Protocol):
         elif pol.is_local(rcpt.domain):
             address = str(rcpt)
             if rcpt.local.lower() == "postmaster" or pol.mailbox(address) is not None:
-                self.conn.accept()
+                self._accept_rcpt(address)
             else:
                 self._reject("rcpt", R_NO_USER, recipient=address)
         elif self.conn.authenticated or pol.is_trusted(self.peer_ip):
             # No open relay (ARCHITECTURE.md): mail for others' domains only from
             # authenticated clients and trusted networks.
-            self.conn.accept()
+            self._accept_rcpt(str(rcpt))
         else:
             self._reject("rcpt", R_RELAY_DENIED, recipient=str(rcpt))
+
+    def _accept_rcpt(self, address: str) -> None:
+        """A recipient the built-in rules take: the RCPT checks have the last word."""
+
+        def then(verdict: Verdict) -> None:
+            if not self._refused("rcpt", verdict, recipient=address):
+                self.conn.accept()
+
+        self._ask(Phase.RCPT, then, recipient=address)
 
     def _reject(self, phase: str, reply: Reply, **fields: Any) -> None:
         self.ctx.log.event("reject", session=self.sid, client=self.peer_ip, phase=phase,
@@ -453,7 +542,9 @@ class Session(asyncio.Protocol):
         utf8 = tr.params is not None and tr.params.smtputf8
         proto = self._protocol(utf8)
         helo = self.conn.helo or "unknown"
-        lines = [f"Received: from {helo} ([{self.peer_ip}])",
+        # RFC 5321 §4.4 TCP-info: the confirmed reverse name (or "unknown") when looked up.
+        name = f"{self.client.ptr} " if self.client.ptr else ""
+        lines = [f"Received: from {helo} ({name}[{self.peer_ip}])",
                  f"\tby {self.ctx.limits.hostname} (Albatross) with {proto} id {qid}"]
         if self.tls_info:
             version, _, cipher = self.tls_info.partition(" ")
@@ -570,6 +661,8 @@ class Session(asyncio.Protocol):
             elif (bad := self._foreign_from()) is not None:
                 reply = Reply(553, "5.7.1", f"Error: From: <{bad}> is not an address of "
                                             f"{self.auth_identity}")
+            elif (refusal := await self._data_checks(writer)) is not None:
+                reply = refusal
             else:
                 reply = await self._commit(writer, qid)
             if reply.code >= 400:
@@ -585,6 +678,20 @@ class Session(asyncio.Protocol):
         if conn.pending is not None:
             conn.respond(reply)
         self._resume()
+
+    async def _data_checks(self, writer: Any) -> Reply | None:
+        """The end-of-data checks' refusal, or None to store the message."""
+        checks = self.ctx.checks
+        if checks is None or not checks.has(Phase.DATA):
+            return None
+        tr = self.conn.transaction
+        verdict = await checks.run(
+            Phase.DATA, self.client, sender=_addr(tr.sender),
+            recipients=[str(r.recipient) for r in tr.recipients],
+            size=writer.size + self._pending_size)
+        if verdict.accepted:
+            return None
+        return verdict.reply
 
     async def _commit(self, writer: Any, qid: str) -> Reply:
         self._committing = True
@@ -620,7 +727,8 @@ class Session(asyncio.Protocol):
         self._writer = None
         self._messages += 1
         self.ctx.log.event("queued", qid=qid, session=self.sid, client=self.peer_ip,
-                           sender=env.sender, recipients=[r.address for r in env.recipients],
+                           client_name=self.client.ptr, sender=env.sender,
+                           recipients=[r.address for r in env.recipients],
                            size=writer.size, tls=self.tls_info)
         self.ctx.on_queued()
         return Reply(250, "2.0.0", f"Ok: queued as {qid}")
@@ -684,6 +792,7 @@ class Session(asyncio.Protocol):
             if limiter is not None:
                 limiter.succeeded(self.peer_ip, user)
             self.auth_identity = user
+            self.client.authenticated = user
             self._log_auth(user, True, None)
             conn.respond(AUTH_OK)
         else:
@@ -719,6 +828,8 @@ class Session(asyncio.Protocol):
             return
         self.transport = new
         self.tls_info = describe(new.get_extra_info("ssl_object"))
+        self.client.tls = True
+        self.client.helo = None  # RFC 3207 §4.2: the session starts over
         ctx.log.event("tls", session=self.sid, client=self.peer_ip, ok=True, tls=self.tls_info)
         conn.tls_established()
         self._resume()
