@@ -4,6 +4,7 @@ rules for the envelope and the From: header, the mail log's auth events."""
 from __future__ import annotations
 
 import json
+import shutil
 import smtplib
 import ssl
 import subprocess
@@ -156,3 +157,55 @@ def test_password_guessing_ends_in_a_block(tmp_path: Path) -> None:
         assert codes[4] == (454, b"4.7.0")
     finally:
         d.stop()
+
+
+def swaks(*args: str) -> subprocess.CompletedProcess[str]:
+    path = shutil.which("swaks")
+    if path is None:
+        pytest.skip("swaks is not installed (scripts/test.sh installs it)")
+    return subprocess.run([path, "--timeout", "15", *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_swaks_auth_over_starttls(submission: tuple[Daemon, int], mechanism: str) -> None:
+    d, port = submission
+    common = ["--server", f"127.0.0.1:{port}", "--from", "alice@localhost",
+              "--to", "bob@elsewhere.test", "--auth", mechanism, "--auth-user", "alice"]
+    # Without TLS AUTH is not offered, so swaks cannot even try.
+    plain = swaks(*common, "--auth-password", "correct horse")
+    assert plain.returncode == 28 and "did not advertise authentication" in plain.stderr
+    wrong = swaks(*common, "--tls", "--auth-password", "wrong horse")
+    assert wrong.returncode == 28, wrong.stdout  # swaks: the AUTH phase failed
+    assert "535 5.7.8 Authentication credentials invalid" in wrong.stdout
+    right = swaks(*common, "--tls", "--auth-password", "correct horse")
+    assert right.returncode == 0, right.stdout
+    assert "<~  235 2.7.0" in right.stdout  # the ~ is swaks saying: under TLS
+    [qid] = d.ids()
+    env, body = d.load(qid)
+    assert env.auth == "alice"  # type: ignore[attr-defined]
+    assert b"with ESMTPSA id" in body
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_postfix_relays_through_our_submission_port(submission: tuple[Daemon, int],
+                                                    mechanism: str) -> None:
+    from tests.remote import PostfixClient
+
+    d, port = submission
+    client = PostfixClient("127.0.0.21", free_port(), relay=f"127.0.0.1:{port}",
+                           username="alice", password="correct horse", mechanism=mechanism)
+    with client:
+        with smtplib.SMTP(client.address, client.port, timeout=30) as s:
+            assert s.sendmail("alice@localhost", ["bob@elsewhere.test"], BODY) == {}
+        deadline = time.monotonic() + 60
+        while not d.ids() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert d.ids(), "\n".join(client.log_lines())
+    [qid] = d.ids()
+    env, body = d.load(qid)
+    assert env.auth == "alice"  # type: ignore[attr-defined]
+    assert env.sender == "alice@localhost"  # type: ignore[attr-defined]
+    assert [r.address for r in env.recipients] == ["bob@elsewhere.test"]  # type: ignore[attr-defined]
+    assert b"with ESMTPSA id" in body  # TLS and AUTH, as Postfix reached us
+    assert b"by client.test (Postfix)" in body  # and it came through Postfix

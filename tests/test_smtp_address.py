@@ -392,11 +392,12 @@ _quoted_local = st.text(
     min_size=1, max_size=30,
 )
 _ldh = "abcdefghijklmnopqrstuvwxyz0123456789"
-_label = st.builds(
-    lambda a, mid, b: a + mid + b if mid or b else a,
+# A label starts and ends with a letter or digit (RFC 1035 §2.3.1): a hyphen only inside,
+# so a middle part always comes with a last character ("a-" is no label).
+_label = st.one_of(
     st.sampled_from(list(_ldh)),
-    st.text(alphabet=_ldh + "-", max_size=20),
-    st.sampled_from(["", *_ldh]),
+    st.builds(lambda a, mid, b: a + mid + b, st.sampled_from(list(_ldh)),
+              st.text(alphabet=_ldh + "-", max_size=20), st.sampled_from(list(_ldh))),
 )
 _ulabel = st.sampled_from(["exämple", "bücher", "例子", "пример", "ελληνικά", "straße"])
 _domain = st.one_of(

@@ -3,12 +3,17 @@ and the submissions role's implicit TLS."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import signal
 import smtplib
 import socket
 import ssl
+import subprocess
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -128,5 +133,96 @@ def test_submissions_role_is_tls_from_the_first_byte(tmp_path: Path) -> None:
             except (ConnectionResetError, TimeoutError):
                 data = b""
             assert not data.startswith(b"220") and not data.startswith(b"250")
+    finally:
+        d.stop()
+
+
+def s_client(openssl: str, port: int, version: str, *, starttls: bool) -> str:
+    """openssl s_client's account of one handshake at `version` ("tls1", "tls1_2"...);
+    SECLEVEL=0 so that the client really offers the old versions (OpenSSL 3 would not)."""
+    args = [openssl, "s_client", "-connect", f"127.0.0.1:{port}", f"-{version}",
+            "-cipher", "DEFAULT:@SECLEVEL=0", "-servername", "mx.test", "-brief"]
+    if starttls:
+        args += ["-starttls", "smtp"]
+    out = subprocess.run(args, input="", capture_output=True, text=True, timeout=30,
+                         check=False)
+    return out.stdout + out.stderr
+
+
+def negotiated(output: str) -> str | None:
+    """The protocol s_client says it agreed on, or None when the handshake failed."""
+    for line in output.splitlines():
+        if line.startswith("Protocol version: "):  # -brief's line after a handshake
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+@contextlib.contextmanager
+def permissive_tls_server(ca: trustme.CA) -> Iterator[int]:
+    """A TLS server that still speaks TLS 1.0 and 1.1: the control showing that s_client,
+    as called here, offers those versions, so the daemon's refusal is its own."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    ca.issue_cert("mx.test").configure_cert(ctx)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.5)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(10)
+                try:
+                    with ctx.wrap_socket(conn, server_side=True) as tls:
+                        tls.recv(1)
+                except (ssl.SSLError, OSError):
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_openssl_s_client_sees_tls_1_0_and_1_1_refused(tmp_path: Path, ca: trustme.CA) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    with permissive_tls_server(ca) as control:
+        for version, name in (("tls1", "TLSv1"), ("tls1_1", "TLSv1.1")):
+            seen = negotiated(s_client(openssl, control, version, starttls=False))
+            if seen is None:
+                pytest.skip(f"this openssl cannot offer {name} at all")
+            assert seen == name
+    from tests.conftest import free_port
+
+    port = free_port()
+    d = make_daemon(tmp_path, {"submissions": [f"127.0.0.1:{port}"]})
+    d.start()
+    try:
+        for listener, starttls in ((d.port, True), (port, False)):
+            for version in ("tls1", "tls1_1"):
+                out = s_client(openssl, listener, version, starttls=starttls)
+                # Refused: an alert (implicit TLS) or, after STARTTLS, the connection
+                # closed by the server; never a session.
+                assert negotiated(out) is None, out
+                assert any(
+                    sign in out for sign in ("alert protocol version", "unexpected eof",
+                                             "unsupported protocol")), out
+            assert negotiated(s_client(openssl, listener, "tls1_2", starttls=starttls)) \
+                == "TLSv1.2"
+            assert negotiated(s_client(openssl, listener, "tls1_3", starttls=starttls)) \
+                == "TLSv1.3"
     finally:
         d.stop()
