@@ -226,3 +226,80 @@ def test_openssl_s_client_sees_tls_1_0_and_1_1_refused(tmp_path: Path, ca: trust
                 == "TLSv1.3"
     finally:
         d.stop()
+
+
+def peer_name(der: bytes | None) -> str:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    assert der is not None
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+    return str(san.value.get_values_for_type(x509.DNSName)[0])
+
+
+def test_certificate_per_listener_and_reload(tmp_path: Path, ca: trustme.CA) -> None:
+    from tests.conftest import free_port
+
+    sub_port, subs_port = free_port(), free_port()
+    own = write_pair(ca, "submit.example.test", tmp_path, "submit")
+    extra = (f'[tls.listeners."127.0.0.1:{sub_port}"]\ncert_file = "{own[0]}"\n'
+             f'key_file = "{own[1]}"\n'
+             f'[tls.listeners."127.0.0.1:{subs_port}"]\ncert_file = "{own[0]}"\n'
+             f'key_file = "{own[1]}"\n')
+    d = make_daemon(tmp_path, {"submission": [f"127.0.0.1:{sub_port}"],
+                               "submissions": [f"127.0.0.1:{subs_port}"]}, extra=extra)
+    d.start()
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+
+        def starttls_name(port: int) -> str:
+            with smtplib.SMTP(d.host, port, timeout=10) as s:
+                s.ehlo("c.example")
+                s.starttls(context=ctx)
+                return peer_name(s.sock.getpeercert(binary_form=True))  # type: ignore[union-attr]
+
+        def implicit_name() -> str:
+            with smtplib.SMTP_SSL(d.host, subs_port, timeout=10, context=ctx) as s:
+                return peer_name(s.sock.getpeercert(binary_form=True))  # type: ignore[union-attr]
+
+        assert starttls_name(d.port) == "mx.test"  # the self-signed default
+        assert starttls_name(sub_port) == "submit.example.test"
+        assert implicit_name() == "submit.example.test"
+        write_pair(trustme.CA(), "submit-renewed.example.test", tmp_path, "submit")
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while '"event": "reload"' not in d.log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert starttls_name(sub_port) == "submit-renewed.example.test"
+        assert implicit_name() == "submit-renewed.example.test"
+        assert starttls_name(d.port) == "mx.test"
+    finally:
+        d.stop()
+
+
+def test_certificate_for_an_address_we_do_not_listen_on_is_refused(tmp_path: Path,
+                                                                    ca: trustme.CA) -> None:
+    from albatross.config import load
+    from albatross.errors import ConfigError
+
+    own = write_pair(ca, "x.test", tmp_path, "x")
+    cfg = tmp_path / "a.toml"
+    cfg.write_text('[smtp]\nlisten = ["127.0.0.1:2525"]\n'
+                   f'[tls.listeners."127.0.0.1:465"]\ncert_file = "{own[0]}"\n'
+                   f'key_file = "{own[1]}"\n')
+    with pytest.raises(ConfigError) as err:
+        load(cfg)
+    assert "tls.listeners" in str(err.value) and "127.0.0.1:465 is not one of" in str(err.value)
+    cfg.write_text('[smtp]\nlisten = ["127.0.0.1:2525"]\n'
+                   f'[tls.listeners."127.0.0.1:2525"]\ncert_file = "{tmp_path}/none.pem"\n'
+                   f'key_file = "{own[1]}"\n')
+    with pytest.raises(ConfigError) as err:
+        load(cfg)
+    assert "no such file" in str(err.value)

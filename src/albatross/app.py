@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from albatross import bounce
 from albatross.api import AdminServer
 from albatross.config import Config
-from albatross.config.values import split_hostport
+from albatross.config.values import listen_key, split_hostport
 from albatross.delivery import Courier
 from albatross.delivery.maildir import MaildirCourier
 from albatross.delivery.mx import RoutePolicy
@@ -71,6 +71,7 @@ class App:
         self.addresses: list[tuple[str, int]] = []
         self.roles: list[str] = []
         self.certificates: Certificates | None = None
+        self.listener_certificates: dict[str, Certificates] = {}  # by listen address
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
 
@@ -89,6 +90,9 @@ class App:
             cert, key = await asyncio.to_thread(self_signed, self.data_dir / "tls", cfg.hostname)
         self.certificates = Certificates((cert, key), cfg.tls.certificates)
         tls = self.certificates.context
+        for name, pair in cfg.tls.listeners.items():
+            self.listener_certificates[name] = await asyncio.to_thread(
+                Certificates, pair, cfg.tls.certificates)
         smtp = cfg.smtp
         users = cfg.auth.users_file
         users = users if users.is_absolute() else self.data_dir / users
@@ -134,9 +138,12 @@ class App:
         ctx = self.ctx
         for role, host, port in smtp.listeners:
             bind: str | None = None if host in ("*", "") else host
+            own = self.listener_certificates.get(listen_key(host, port))
+            listener_tls = own.context if own is not None else tls
             server = await loop.create_server(
-                functools.partial(Session, ctx, role), bind, port, reuse_address=True,
-                backlog=1024, ssl=tls if role == "submissions" else None,
+                functools.partial(Session, ctx, role, listener_tls), bind, port,
+                reuse_address=True, backlog=1024,
+                ssl=listener_tls if role == "submissions" else None,
                 ssl_handshake_timeout=smtp.timeouts.tls_handshake if role == "submissions"
                 else None)
             self.servers.append(server)
@@ -273,13 +280,15 @@ class App:
 
     async def _reload_tls(self) -> None:
         assert self.certificates is not None and self.log is not None
+        every = [self.certificates, *self.listener_certificates.values()]
         try:
-            await asyncio.to_thread(self.certificates.reload)  # file reads off the loop
+            for certificates in every:
+                await asyncio.to_thread(certificates.reload)  # file reads off the loop
         except (OSError, ssl.SSLError) as exc:
             self.log.event("error", where="reload", error=f"TLS certificates not reloaded: {exc}")
             return
-        self.log.event("reload", what="tls", certificates=1 + len(
-            self.certificates.by_name_files))
+        self.log.event("reload", what="tls", certificates=sum(
+            1 + len(c.by_name_files) for c in every))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting; let open sessions and running deliveries finish for `grace`

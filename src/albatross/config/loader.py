@@ -19,7 +19,7 @@ from typing import Any
 from albatross.config.lines import KeyPath, key_lines
 from albatross.config.problem import ConfigProblems, Problem
 from albatross.config.schema import Config
-from albatross.config.values import Invalid, shown
+from albatross.config.values import Invalid, listen_key, shown
 
 # The label of problems in values given as overrides (command-line --set and the like).
 OVERRIDES = "overrides"
@@ -265,6 +265,13 @@ class _Reader:
                     problem = "no such file" if not file.exists() else "not a regular file"
                     self.report(where, f"{problem}: {file}")
         smtp = config.smtp
+        if ("tls", "listeners") not in self.rejected:
+            ours = {listen_key(host, port) for _role, host, port in smtp.listeners}
+            for name in config.tls.listeners:
+                if name not in ours:
+                    self.report(("tls", "listeners"),
+                                f"{name} is not one of the smtp listen addresses "
+                                f"({', '.join(sorted(ours))})")
         limits = {("smtp", "max_connections"), ("smtp", "max_connections_per_ip")}
         if not self.rejected & limits and smtp.max_connections_per_ip > smtp.max_connections:
             self.report(

@@ -188,6 +188,14 @@ class TlsConfig:
                '"*.example.org" matches one label. Other names get cert_file. SIGHUP '
                "reloads every certificate without dropping sessions.",
     })
+    listeners: dict[str, tuple[Path, Path]] = field(default_factory=dict, metadata={
+        "kind": values.LISTENER_CERTIFICATES,
+        "default_doc": "none",
+        "doc": "A default certificate for one listener instead of cert_file, e.g. "
+               '`[tls.listeners."0.0.0.0:465"]` with cert_file and key_file; the key is '
+               "written as in smtp.listen, smtp.submission or smtp.submissions and must "
+               "name one of them. SNI certificates apply to every listener.",
+    })
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -547,6 +547,37 @@ def _parse_sni_certificates(raw: Any) -> dict[str, tuple[Path, Path]]:
     return out
 
 
+def _parse_listener_certificates(raw: Any) -> dict[str, tuple[Path, Path]]:
+    if not isinstance(raw, dict):
+        raise Invalid(f"must be a table of listen addresses, got {shown(raw)}")
+    out: dict[str, tuple[Path, Path]] = {}
+    for name, table in raw.items():
+        try:
+            host, port = parse_listen(name)
+        except ValueError as exc:
+            raise Invalid(f"{name}: {exc}") from None
+        if not isinstance(table, dict) or set(table) != {"cert_file", "key_file"}:
+            raise Invalid(f"{name}: must be a table with cert_file and key_file")
+        paths = []
+        for key in ("cert_file", "key_file"):
+            path = _parse_path(table[key]).absolute()
+            if not path.is_file():
+                raise Invalid(f"{name}.{key}: no such file: {path}")
+            paths.append(path)
+        out[listen_key(host, port)] = (paths[0], paths[1])
+    return out
+
+
+def listen_key(host: str, port: int) -> str:
+    """One spelling per listen address ("[::1]:587", "127.0.0.1:25"), to match entries."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+LISTENER_CERTIFICATES: Kind[dict[str, tuple[Path, Path]]] = Kind(
+    "table of listen address -> { cert_file, key_file }", _parse_listener_certificates,
+    lambda v: "{}" if not v else "{ ... }")
+
+
 SNI_CERTIFICATES: Kind[dict[str, tuple[Path, Path]]] = Kind(
     "table of host name -> { cert_file, key_file }", _parse_sni_certificates,
     lambda v: "{}" if not v else "{ ... }")

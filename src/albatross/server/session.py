@@ -137,9 +137,11 @@ class Session(asyncio.Protocol):
     """One SMTP connection, in one role: "mx" (port 25), "submission" (587: STARTTLS, then
     AUTH before MAIL) or "submissions" (465: TLS from the first byte, then AUTH)."""
 
-    def __init__(self, ctx: ServerContext, role: str = "mx") -> None:
+    def __init__(self, ctx: ServerContext, role: str = "mx",
+                 tls: ssl.SSLContext | None = None) -> None:
         self.ctx = ctx
         self.role = role
+        self.tls = tls or ctx.tls  # this listener's certificate, else the default
         self.conn = ServerConnection(ctx.limits, tls_active=role == "submissions")
         self.sid = f"s{ctx.ids():x}"
         self.transport: asyncio.Transport | None = None
@@ -809,13 +811,13 @@ class Session(asyncio.Protocol):
         ctx = self.ctx
         conn = self.conn
         tr = self.transport
-        if tr is None or ctx.tls is None:
+        if tr is None or self.tls is None:
             self._release(None)
             return
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(ctx.tls_timeout):
-                new = await loop.start_tls(tr, self, ctx.tls, server_side=True)
+                new = await loop.start_tls(tr, self, self.tls, server_side=True)
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             ctx.log.event("tls", session=self.sid, client=self.peer_ip, ok=False,
                           error=str(exc) or type(exc).__name__)
