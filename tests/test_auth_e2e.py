@@ -209,3 +209,51 @@ def test_postfix_relays_through_our_submission_port(submission: tuple[Daemon, in
     assert [r.address for r in env.recipients] == ["bob@elsewhere.test"]  # type: ignore[attr-defined]
     assert b"with ESMTPSA id" in body  # TLS and AUTH, as Postfix reached us
     assert b"by client.test (Postfix)" in body  # and it came through Postfix
+
+
+def test_aiosmtplib_verifies_our_certificate_and_authenticates(tmp_path: Path) -> None:
+    import asyncio
+
+    import aiosmtplib
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("submit.example.test", "127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    for blob in leaf.cert_chain_pems:
+        blob.write_to_path(str(cert), append=True)
+    leaf.private_key_pem.write_to_path(str(key))
+    port = free_port()
+    d = make_daemon(tmp_path, {"submission": [f"127.0.0.1:{port}"]},
+                    extra=f'[tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n')
+    d.data_dir.mkdir(parents=True, exist_ok=True)
+    add_user(d, "alice", "correct horse", "alice@localhost")
+    d.start()
+    try:
+        verified = ssl.create_default_context()
+        ca.configure_trust(verified)
+
+        async def send(password: str) -> None:
+            await aiosmtplib.send(
+                BODY.encode(), sender="alice@localhost", recipients=["bob@elsewhere.test"],
+                hostname="127.0.0.1", port=port, start_tls=True, tls_context=verified,
+                username="alice", password=password, timeout=15)
+
+        with pytest.raises(aiosmtplib.SMTPAuthenticationError) as err:
+            asyncio.run(send("wrong"))
+        assert err.value.code == 535
+        asyncio.run(send("correct horse"))
+        # The control: trusting another CA, the same client refuses our certificate.
+        stranger = ssl.create_default_context()
+        trustme.CA().configure_trust(stranger)
+        with pytest.raises((ssl.SSLCertVerificationError, aiosmtplib.SMTPException)):
+            asyncio.run(aiosmtplib.send(
+                BODY.encode(), sender="alice@localhost", recipients=["bob@elsewhere.test"],
+                hostname="127.0.0.1", port=port, start_tls=True, tls_context=stranger,
+                username="alice", password="correct horse", timeout=15))
+        [qid] = d.ids()
+        env, body = d.load(qid)
+        assert env.auth == "alice"  # type: ignore[attr-defined]
+        assert b"with ESMTPSA id" in body
+    finally:
+        d.stop()

@@ -77,3 +77,22 @@ def test_missing_or_malformed_header_closes_without_a_reply(behind_proxy: Daemon
                 data = b""
             assert data == b""
     assert d.ids() == []
+
+
+def test_header_from_an_address_not_allowed_is_not_believed(behind_proxy: Daemon) -> None:
+    # 127.0.0.2 is no balancer: its PROXY line claiming to be the trusted 127.0.0.1 is just
+    # an unknown command, and it stays an untrusted client that may not relay.
+    d = behind_proxy
+    with socket.create_connection((d.host, d.port), timeout=10,
+                                  source_address=("127.0.0.2", 0)) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        s.sendall(b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 25\r\n")
+        assert f.readline().startswith(b"500 5.5.1")
+        s.sendall(b"EHLO x.example\r\n")
+        while not f.readline().startswith(b"250 "):
+            pass
+        s.sendall(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<someone@elsewhere.test>\r\n")
+        assert f.readline().startswith(b"250 ")
+        assert f.readline().startswith(b"554 5.7.1")
+    assert d.ids() == []
