@@ -834,3 +834,29 @@ def test_deposit_into_an_unwritable_place_is_spool_error(tmp_path: Path) -> None
     blocker.write_bytes(b"")
     with pytest.raises(SpoolError):
         deposit(blocker, make_envelope(), b"x")
+
+
+@pytest.mark.parametrize("size", [0, 100, 4096, 4097, 300_000])
+async def test_prepend_puts_headers_first_in_memory_and_on_disk(spool: Spool, size: int) -> None:
+    # The fixture's inline_max is 4 KiB: 4097 and 300,000 bytes are spilled to a file.
+    body = bytes(i % 251 for i in range(size))
+    qid = spool.new_id()
+    writer = spool.begin(qid)
+    for i in range(0, len(body), 1000):
+        await writer.write(body[i:i + 1000])
+    writer.prepend(b"B: 2\r\n")
+    assert await writer.read() == b"B: 2\r\n" + body  # what checks see before commit
+    writer.prepend(b"A: 1\r\n")  # each prepend goes above the ones before
+    assert writer.size == size + 12
+    await spool.commit(writer, make_envelope())
+    assert spool.load(qid)[1] == b"A: 1\r\nB: 2\r\n" + body
+    assert os.listdir(spool.layout.tmp) == []
+
+
+async def test_prepend_after_abort_is_refused(spool: Spool) -> None:
+    writer = spool.begin(spool.new_id())
+    await writer.write(b"x" * 10_000)
+    writer.abort()
+    with pytest.raises(SpoolError):
+        writer.prepend(b"A: 1\r\n")
+    assert os.listdir(spool.layout.tmp) == []

@@ -54,6 +54,7 @@ class MessageWriter:
         self._aborted = False
         self._sealed = False
         self._failed = False
+        self._prefix = b""  # header lines to put before everything written (prepend)
 
     @property
     def spilled(self) -> bool:
@@ -78,6 +79,26 @@ class MessageWriter:
             chunk, self._buffer = self._buffer, bytearray()
             await self._io(self._write_all, chunk)
 
+    def prepend(self, data: bytes) -> None:
+        """Put `data` (whole header lines) before everything written so far and after: the
+        Authentication-Results and DKIM-Signature headers, known only at the end of data.
+        Cheap in memory; a spilled message is rewritten with it when sealed."""
+        self._check_writable()
+        self._prefix = data + self._prefix
+        self.size += len(data)
+
+    async def read(self) -> bytes:
+        """The whole message as it will be stored (prefix included), for checks that need
+        it at the end of data. A spilled message is read back from its file in a thread."""
+        self._check_writable()
+        if self._tmp_path is None:
+            return self._prefix + bytes(self._buffer)
+        chunk, self._buffer = self._buffer, bytearray()
+        await self._io(self._write_all, chunk)
+        out: list[bytes] = []
+        await self._io(self._read_file, out)
+        return self._prefix + out[0]
+
     async def seal(self) -> SealedBody:
         """Finish the body for commit; a spilled file is flushed and fsync'd (in a thread).
 
@@ -87,11 +108,13 @@ class MessageWriter:
         if self._tmp_path is None:
             with self._lock:
                 self._sealed = True
-            body = bytes(self._buffer)
+            body = self._prefix + bytes(self._buffer) if self._prefix else bytes(self._buffer)
             self._buffer = bytearray()
             return SealedBody(size=self.size, inline=body, tmp_path=None)
         chunk, self._buffer = self._buffer, bytearray()
         await self._io(self._finish, chunk)
+        if self._prefix:
+            await self._io(self._rewrite_with_prefix)
         with self._lock:
             if self._aborted:  # aborted while the fsync ran: the file is gone already
                 raise SpoolError(f"{self.qid}: message aborted")
@@ -163,6 +186,36 @@ class MessageWriter:
         os.fsync(self._file)
         fd, self._file = self._file, None
         os.close(fd)
+
+    def _read_file(self, out: list[bytes]) -> None:
+        """Runs in a worker thread: the spilled bytes written so far."""
+        assert self._tmp_path is not None
+        with open(self._tmp_path, "rb") as fh:
+            out.append(fh.read())
+
+    def _rewrite_with_prefix(self) -> None:
+        """Runs in a worker thread: a new file holding the prefix then the old file's bytes,
+        fsync'd, then put in the old one's place (rename: never a half-written body)."""
+        assert self._tmp_path is not None
+        old = self._tmp_path
+        new = old.with_name(old.name + "p")
+        fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            view = memoryview(self._prefix)
+            while view:
+                view = view[os.write(fd, view):]
+            with open(old, "rb") as src:
+                while block := src.read(1 << 20):
+                    view = memoryview(block)
+                    while view:
+                        view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(new)
+            raise
+        os.close(fd)
+        os.replace(new, old)
 
     def _discard(self) -> None:
         self._buffer = bytearray()
