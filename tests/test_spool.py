@@ -860,3 +860,12 @@ async def test_prepend_after_abort_is_refused(spool: Spool) -> None:
     with pytest.raises(SpoolError):
         writer.prepend(b"A: 1\r\n")
     assert os.listdir(spool.layout.tmp) == []
+
+
+async def test_commit_on_hold(spool: Spool) -> None:
+    writer = spool.begin(spool.new_id())
+    await writer.write(b"Subject: quarantined\r\n\r\nx\r\n")
+    await spool.commit(writer, make_envelope(), held=True)
+    [entry] = [e for e in spool.entries() if e.qid == writer.qid]
+    assert entry.schedule.state == "held"
+    assert spool.due(time.time() + 3600, 10) == []  # never handed to delivery

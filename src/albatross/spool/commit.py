@@ -44,6 +44,7 @@ class CommitJob:
     tmp_path: Path | None  # an fsync'd spill file to move to body_name
     body_name: str | None
     future: asyncio.Future[None]
+    state: str = "queued"  # or "held": stored, but not delivered until released
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,8 +262,8 @@ class CommitThread:
                     errors[i] = SpoolError(f"{job.qid}: envelope id already in use")
                     continue
                 # A stray schedule row (a hand edit) must fail this job alone.
-                conn.execute("INSERT OR REPLACE INTO schedule (id, next_attempt)"
-                             " VALUES (?, ?)", (job.qid, job.arrival))
+                conn.execute("INSERT OR REPLACE INTO schedule (id, next_attempt, state)"
+                             " VALUES (?, ?, ?)", (job.qid, job.arrival, job.state))
             conn.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
             try:

@@ -159,8 +159,10 @@ class Spool:
             raise SpoolError(f"not a queue id: {qid!r}")
         return MessageWriter(qid, self.layout.tmp, self.inline_max)
 
-    async def commit(self, writer: MessageWriter, envelope: Envelope) -> None:
-        """Store the message and its envelope; return only once both are durable."""
+    async def commit(self, writer: MessageWriter, envelope: Envelope, *,
+                     held: bool = False) -> None:
+        """Store the message and its envelope; return only once both are durable. `held`
+        stores it on hold (quarantine): listed, but not delivered until released."""
         committer = self._committer
         if committer is None or self._closing or self._loop is None:
             writer.abort()
@@ -185,7 +187,7 @@ class Spool:
             qid=writer.qid, arrival=arrival, size=sealed.size, record=text, body=sealed.inline,
             tmp_path=sealed.tmp_path,
             body_name=None if sealed.tmp_path is None else Layout.body_name(writer.qid),
-            future=future))
+            future=future, state="held" if held else "queued"))
         await future
 
     # -- the scheduler's side: changes to stored messages, group-committed -------------
