@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate, getaddresses
 from typing import Any
@@ -87,6 +87,35 @@ class SessionPolicy:
 
 
 @dataclass(slots=True)
+class Arrival:
+    """What the end-of-data hook knows of a message before it is stored."""
+
+    qid: str
+    role: str
+    client: ClientInfo
+    trusted: bool  # the client is in a trusted network
+    sender: str
+    recipients: list[str]
+    helo: str
+
+
+@dataclass(slots=True)
+class Finish:
+    """The end-of-data hook's answer: header lines to put on top of the message (a
+    DKIM-Signature, Authentication-Results), or a refusal (nothing is stored), or storing
+    it on hold; `log` adds fields to the `queued` or `reject` event."""
+
+    prepend: bytes = b""
+    reply: Reply | None = None
+    hold: bool = False
+    log: dict[str, Any] = field(default_factory=dict)
+
+
+# The hook: given the arrival and the whole message (our Received header first), decide.
+FinishHook = Callable[[Arrival, bytes], Awaitable[Finish]]
+
+
+@dataclass(slots=True)
 class ServerContext:
     """What every session shares: limits, storage, log, TLS and the connection counts."""
 
@@ -110,6 +139,7 @@ class ServerContext:
     auth_limiter: AuthLimiter | None = None
     on_queued: Callable[[], None] = lambda: None  # tell the scheduler new mail is due
     checks: Policy | None = None  # per-phase client checks (policy/), None for none
+    finish: FinishHook | None = None  # end-of-data message checks and signing (msgauth)
     ids: Callable[[], int] = field(default_factory=lambda: itertools.count(1).__next__)
 
 
@@ -131,6 +161,7 @@ class _DateCache:
 
 
 _dates = _DateCache()
+_NOTHING = Finish()
 
 
 class Session(asyncio.Protocol):
@@ -172,6 +203,7 @@ class Session(asyncio.Protocol):
         self._proxy_timer: asyncio.TimerHandle | None = None
         self.proxy_peer: str | None = None  # the balancer's address, when behind one
         self.client = ClientInfo("", 0, role)  # what the policy checks see
+        self._finish_log: dict[str, Any] = {}  # the hook's log fields for a refusal
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -665,12 +697,16 @@ class Session(asyncio.Protocol):
                                             f"{self.auth_identity}")
             elif (refusal := await self._data_checks(writer)) is not None:
                 reply = refusal
+            elif (finish := await self._finish(writer, qid)).reply is not None:
+                reply = finish.reply
+                self._finish_log = finish.log
             else:
-                reply = await self._commit(writer, qid)
+                reply = await self._commit(writer, qid, finish)
             if reply.code >= 400:
                 self._drop_message()
+                extra, self._finish_log = self._finish_log, {}
                 self.ctx.log.event("reject", session=self.sid, client=self.peer_ip,
-                                   phase="data", qid=qid, reply=str(reply))
+                                   phase="data", qid=qid, reply=str(reply), **extra)
         except Exception as exc:  # never lose the session to a bug: tempfail the message
             self._drop_message()
             self.ctx.log.event("error", session=self.sid, where="end-of-data", error=repr(exc))
@@ -695,16 +731,42 @@ class Session(asyncio.Protocol):
             return None
         return verdict.reply
 
-    async def _commit(self, writer: Any, qid: str) -> Reply:
+    async def _finish(self, writer: Any, qid: str) -> Finish:
+        """Ask the end-of-data hook (message authentication, DKIM signing) and put the
+        headers it returns on top of the message."""
+        hook = self.ctx.finish
+        if hook is None:
+            return _NOTHING
+        tr = self.conn.transaction
+        arrival = Arrival(qid=qid, role=self.role, client=self.client,
+                          trusted=self.ctx.policy.is_trusted(self.peer_ip),
+                          sender=_addr(tr.sender),
+                          recipients=[str(r.recipient) for r in tr.recipients],
+                          helo=self.conn.helo or "")
+        if self._flushed_any:  # a large message: part of it is in the writer already
+            await self._write_pending()
+            message = await writer.read()
+        else:
+            message = b"".join(self._pending_writes)
+        finish = await hook(arrival, message)
+        if finish.prepend and finish.reply is None:
+            if self._flushed_any:
+                writer.prepend(finish.prepend)
+            else:
+                self._pending_writes.insert(0, finish.prepend)
+                self._pending_size += len(finish.prepend)
+        return finish
+
+    async def _commit(self, writer: Any, qid: str, finish: Finish | None = None) -> Reply:
         self._committing = True
         self.ctx.committing.add(self)
         try:
-            return await self._store(writer, qid)
+            return await self._store(writer, qid, finish or _NOTHING)
         finally:
             self._committing = False
             self.ctx.committing.discard(self)
 
-    async def _store(self, writer: Any, qid: str) -> Reply:
+    async def _store(self, writer: Any, qid: str, finish: Finish) -> Reply:
         tr = self.conn.transaction
         params = tr.params
         await self._write_pending()
@@ -722,7 +784,10 @@ class Session(asyncio.Protocol):
             source="smtp",
         )
         try:
-            await self.ctx.spool.commit(writer, env)
+            if finish.hold:
+                await self.ctx.spool.commit(writer, env, held=True)
+            else:
+                await self.ctx.spool.commit(writer, env)
         except AlbatrossError as exc:
             self.ctx.log.event("error", session=self.sid, qid=qid, where="spool", error=str(exc))
             return exc.reply if exc.reply.code >= 400 else R_STORE_FAILED
@@ -731,7 +796,8 @@ class Session(asyncio.Protocol):
         self.ctx.log.event("queued", qid=qid, session=self.sid, client=self.peer_ip,
                            client_name=self.client.ptr, sender=env.sender,
                            recipients=[r.address for r in env.recipients],
-                           size=writer.size, tls=self.tls_info)
+                           size=writer.size, tls=self.tls_info,
+                           **({"held": True} if finish.hold else {}), **finish.log)
         self.ctx.on_queued()
         return Reply(250, "2.0.0", f"Ok: queued as {qid}")
 
