@@ -869,3 +869,41 @@ async def test_commit_on_hold(spool: Spool) -> None:
     [entry] = [e for e in spool.entries() if e.qid == writer.qid]
     assert entry.schedule.state == "held"
     assert spool.due(time.time() + 3600, 10) == []  # never handed to delivery
+
+
+@pytest.mark.parametrize("size", [200, 1_500_000])
+async def test_pickup_prepare_hook_prepends_headers(tmp_path: Path, log: EventLog,
+                                                    size: int) -> None:
+    data = tmp_path / "d"
+    body = b"From: a@example.org\r\n\r\n" + b"x" * size
+    qid = await asyncio.to_thread(deposit, data, make_envelope(), body)
+    seen: list[bytes] = []
+
+    async def sign(envelope: Envelope, writer: Any) -> None:
+        seen.append(await writer.read())
+        writer.prepend(b"DKIM-Signature: v=1; test\r\n")
+
+    spool = Spool(data, inline_max=4096, log=log, prepare=sign)
+    await spool.open()
+    try:
+        assert seen == [body]
+        assert spool.load(qid)[1] == b"DKIM-Signature: v=1; test\r\n" + body
+    finally:
+        await spool.close()
+    # A crash before the maildrop file was removed: the same file again is a duplicate,
+    # although the stored message is larger by the header.
+    await asyncio.to_thread(deposit_again, data, qid, body)
+    spool = Spool(data, inline_max=4096, log=log, prepare=sign)
+    report = await spool.open()
+    try:
+        assert report.picked_up == 0 and spool.count() == 1
+        assert not any((data / "maildrop").iterdir())
+    finally:
+        await spool.close()
+
+
+def deposit_again(data: Path, qid: str, body: bytes) -> None:
+    spool = Spool(data)
+    envelope = spool.load_envelope(qid)
+    (data / "maildrop" / f"{qid}.msg").write_bytes(
+        json.dumps(envelope.to_record()).encode() + b"\n" + body)

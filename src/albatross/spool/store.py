@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,9 @@ class Spool:
 
     def __init__(self, data_dir: Path, *, inline_max: int = 256 * 1024,
                  min_free_space: int = 100 * 1024 * 1024,
-                 log: Callable[..., None] | None = None, shard: str = "A") -> None:
+                 log: Callable[..., None] | None = None, shard: str = "A",
+                 prepare: Callable[[Envelope, MessageWriter], Awaitable[None]] | None = None,
+                 ) -> None:
         if inline_max < 0 or min_free_space < 0:
             raise ValueError("inline_max and min_free_space must not be negative")
         self.layout = Layout(Path(data_dir))
@@ -61,6 +63,9 @@ class Spool:
         self._committer: CommitThread | None = None
         self._closing = False
         self._pickup_lock = asyncio.Lock()
+        # Called for each maildrop message before it is committed: it may read the whole
+        # message and prepend headers (DKIM-Signature); raising defers the file.
+        self.prepare = prepare
         self._free_bytes = 0
         self._free_checked_at = -_SPACE_CACHE_SECONDS * 2
         self._lock_fd: int | None = None
@@ -466,7 +471,9 @@ class Spool:
                 return "deferred"
             body_size = os.fstat(fd).st_size - len(line)
             if stored is not None:
-                if stored == body_size:
+                if stored == body_size or (
+                        self.prepare is not None and stored > body_size
+                        and await asyncio.to_thread(self._same_arrival, qid, envelope)):
                     # Queued before a crash that came ahead of the unlink: just finish.
                     await asyncio.to_thread(_unlink_quietly, path)
                     return "duplicate"
@@ -476,14 +483,27 @@ class Spool:
             try:
                 while chunk := await asyncio.to_thread(f.read, _PICKUP_CHUNK):
                     await writer.write(chunk)
+                if self.prepare is not None:
+                    await self.prepare(envelope, writer)
                 await self.commit(writer, envelope)
-            except (SpoolError, OSError) as exc:
+            except Exception as exc:  # the file stays in the maildrop for the next sweep
                 writer.abort()
                 self._log("pickup-deferred", qid=qid, file=path.name, reason=str(exc))
                 return "deferred"
         await asyncio.to_thread(_unlink_quietly, path)
         self._log("pickup", qid=qid, file=path.name, uid=uid)
         return "queued"
+
+    def _same_arrival(self, qid: str, envelope: Envelope) -> bool:
+        """Whether the stored `qid` is this maildrop message, queued with headers added
+        before a crash kept the file from being removed (so the sizes differ)."""
+        try:
+            stored = self.load_envelope(qid)
+        except (KeyError, SpoolError):
+            return False
+        return (stored.arrival == envelope.arrival and stored.sender == envelope.sender
+                and [r.address for r in stored.recipients]
+                == [r.address for r in envelope.recipients])
 
     def _stored_size(self, qid: str) -> int | None:
         rows = self._read("SELECT size FROM message WHERE id = ?", (qid,))
