@@ -110,3 +110,22 @@ async def test_hold_stores_the_message_on_hold(
     assert code == 250
     [entry] = s.spool.entries()
     assert entry.schedule.state == "held"
+
+
+@pytest.mark.parametrize("size", [100, 400_000])
+async def test_the_hook_may_replace_the_header_block(
+        server: Callable[[Hook], Awaitable[Server]], size: int) -> None:
+    def strip(arrival: Arrival, message: bytes) -> Finish:
+        end = message.index(b"\r\n\r\n") + 2
+        head = b"".join(line + b"\r\n" for line in message[:end].split(b"\r\n")[:-1]
+                        if not line.startswith(b"X-Forged:"))
+        return Finish(prepend=b"X-Ours: yes\r\n" + head, drop=end)
+
+    s = await server(Hook(strip))
+    body = b"X-Forged: 1\r\nSubject: x\r\n\r\n" + (b"z" * 78 + b"\r\n") * max(1, size // 80)
+    code, text = await s.send(body)
+    assert code == 250
+    _env, stored = s.spool.load(text.split()[-1].decode())
+    assert stored.startswith(b"X-Ours: yes\r\nReceived: from ")
+    assert b"X-Forged" not in stored
+    assert stored.endswith(body[len(b"X-Forged: 1\r\n"):])

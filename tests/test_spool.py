@@ -907,3 +907,20 @@ def deposit_again(data: Path, qid: str, body: bytes) -> None:
     envelope = spool.load_envelope(qid)
     (data / "maildrop" / f"{qid}.msg").write_bytes(
         json.dumps(envelope.to_record()).encode() + b"\n" + body)
+
+
+@pytest.mark.parametrize("size", [100, 300_000])
+async def test_replace_start_swaps_the_header_block(spool: Spool, size: int) -> None:
+    head = b"Received: x\r\nAuthentication-Results: mx.test; forged\r\nSubject: s\r\n\r\n"
+    body = b"y" * size
+    writer = spool.begin(spool.new_id())
+    await writer.write(head + body)
+    new_head = b"Authentication-Results: mx.test; spf=pass\r\nReceived: x\r\nSubject: s\r\n\r\n"
+    writer.replace_start(len(head), new_head)
+    assert await writer.read() == new_head + body
+    writer.prepend(b"DKIM-Signature: v=1\r\n")
+    with pytest.raises(ValueError):
+        writer.replace_start(1, b"")  # once, and before any prepend
+    assert writer.size == len(new_head) + len(body) + 21
+    await spool.commit(writer, make_envelope())
+    assert spool.load(writer.qid)[1] == b"DKIM-Signature: v=1\r\n" + new_head + body

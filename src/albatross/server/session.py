@@ -106,6 +106,7 @@ class Finish:
     it on hold; `log` adds fields to the `queued` or `reject` event."""
 
     prepend: bytes = b""
+    drop: int = 0  # the first `drop` bytes of the message given to the hook are replaced
     reply: Reply | None = None
     hold: bool = False
     log: dict[str, Any] = field(default_factory=dict)
@@ -749,9 +750,12 @@ class Session(asyncio.Protocol):
         else:
             message = b"".join(self._pending_writes)
         finish = await hook(arrival, message)
-        if finish.prepend and finish.reply is None:
+        if finish.reply is None and (finish.prepend or finish.drop):
             if self._flushed_any:
-                writer.prepend(finish.prepend)
+                writer.replace_start(finish.drop, finish.prepend)
+            elif finish.drop:
+                self._pending_writes = [finish.prepend + message[finish.drop:]]
+                self._pending_size = len(self._pending_writes[0])
             else:
                 self._pending_writes.insert(0, finish.prepend)
                 self._pending_size += len(finish.prepend)

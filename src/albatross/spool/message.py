@@ -55,6 +55,7 @@ class MessageWriter:
         self._sealed = False
         self._failed = False
         self._prefix = b""  # header lines to put before everything written (prepend)
+        self._drop = 0  # bytes at the start of what was written to leave out (replace_start)
 
     @property
     def spilled(self) -> bool:
@@ -87,17 +88,30 @@ class MessageWriter:
         self._prefix = data + self._prefix
         self.size += len(data)
 
+    def replace_start(self, drop: int, insert: bytes) -> None:
+        """Store `insert` instead of the first `drop` bytes written: a header block with
+        fields removed (forged Authentication-Results) and ours added. Once per message,
+        before any prepend; the bytes must already have been written."""
+        self._check_writable()
+        if self._drop or self._prefix:
+            raise ValueError("replace_start must come first and only once")
+        if not 0 <= drop <= self.size:
+            raise ValueError(f"cannot drop {drop} of {self.size} bytes")
+        self._drop = drop
+        self._prefix = insert
+        self.size += len(insert) - drop
+
     async def read(self) -> bytes:
         """The whole message as it will be stored (prefix included), for checks that need
         it at the end of data. A spilled message is read back from its file in a thread."""
         self._check_writable()
         if self._tmp_path is None:
-            return self._prefix + bytes(self._buffer)
+            return self._prefix + bytes(self._buffer[self._drop:])
         chunk, self._buffer = self._buffer, bytearray()
         await self._io(self._write_all, chunk)
         out: list[bytes] = []
         await self._io(self._read_file, out)
-        return self._prefix + out[0]
+        return self._prefix + out[0][self._drop:]
 
     async def seal(self) -> SealedBody:
         """Finish the body for commit; a spilled file is flushed and fsync'd (in a thread).
@@ -108,12 +122,13 @@ class MessageWriter:
         if self._tmp_path is None:
             with self._lock:
                 self._sealed = True
-            body = self._prefix + bytes(self._buffer) if self._prefix else bytes(self._buffer)
+            body = (self._prefix + bytes(self._buffer[self._drop:])
+                    if self._prefix or self._drop else bytes(self._buffer))
             self._buffer = bytearray()
             return SealedBody(size=self.size, inline=body, tmp_path=None)
         chunk, self._buffer = self._buffer, bytearray()
         await self._io(self._finish, chunk)
-        if self._prefix:
+        if self._prefix or self._drop:
             await self._io(self._rewrite_with_prefix)
         with self._lock:
             if self._aborted:  # aborted while the fsync ran: the file is gone already
@@ -205,6 +220,7 @@ class MessageWriter:
             while view:
                 view = view[os.write(fd, view):]
             with open(old, "rb") as src:
+                src.seek(self._drop)
                 while block := src.read(1 << 20):
                     view = memoryview(block)
                     while view:
