@@ -13,6 +13,7 @@ command -v swaks >/dev/null 2>&1 || need+=(swaks)
 [ -x /usr/sbin/nsd ] || need+=(nsd)          # the test DNS server (tests/dnszone.py)
 command -v saslpasswd2 >/dev/null 2>&1 || need+=(sasl2-bin libsasl2-modules)  # smart host AUTH
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)   # a real PROXY protocol sender
+perl -MMail::DKIM::Verifier -e1 >/dev/null 2>&1 || need+=(libmail-dkim-perl)  # checks our DKIM
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing Debian packages: ${need[*]}"

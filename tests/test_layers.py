@@ -27,7 +27,8 @@ ALLOWED: dict[str, set[str]] = {
                "config"},
     "api": {"model", "errors", "spool", "scheduler", "config"},
     # cli reads the spool directly for read-only queue views (queue list on a stopped daemon)
-    "cli": {"app", "config", "api", "model", "errors", "spool", "routing", "sasl", "policy"},
+    "cli": {"app", "config", "api", "model", "errors", "spool", "routing", "sasl", "policy",
+            "msgauth", "dns"},
 }
 # Standard-library modules a sans-IO protocol core must not touch.
 NO_IO = {"asyncio", "socket", "ssl", "selectors", "threading", "uvloop"}

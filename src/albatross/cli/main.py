@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     from albatross.cli import policy as policy_cli
 
     policy_cli.add_parser(sub)
+    from albatross.cli import doctor as doctor_cli
+
+    doctor_cli.add_parser(sub)
+    from albatross.cli import dkim as dkim_cli
+
+    dkim_cli.add_parser(sub)
 
     sm = sub.add_parser("sendmail", help="sendmail-compatible submission (reads stdin)",
                         add_help=False)

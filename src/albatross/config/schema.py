@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from albatross.config import values
+from albatross.config.dkim import DkimConfig
+from albatross.config.msgauth import MsgAuthConfig
 from albatross.config.policy import PolicyConfig
 from albatross.config.values import Network
 
@@ -508,6 +510,12 @@ class Config:
     })
     policy: PolicyConfig = field(default_factory=PolicyConfig, metadata={
         "table": PolicyConfig, "doc": PolicyConfig.__doc__,
+    })
+    dkim: DkimConfig = field(default_factory=DkimConfig, metadata={
+        "table": DkimConfig, "doc": DkimConfig.__doc__,
+    })
+    msgauth: MsgAuthConfig = field(default_factory=MsgAuthConfig, metadata={
+        "table": MsgAuthConfig, "doc": MsgAuthConfig.__doc__,
     })
     log: LogConfig = field(default_factory=LogConfig, metadata={
         "table": LogConfig, "doc": LogConfig.__doc__,

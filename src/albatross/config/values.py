@@ -581,3 +581,57 @@ LISTENER_CERTIFICATES: Kind[dict[str, tuple[Path, Path]]] = Kind(
 SNI_CERTIFICATES: Kind[dict[str, tuple[Path, Path]]] = Kind(
     "table of host name -> { cert_file, key_file }", _parse_sni_certificates,
     lambda v: "{}" if not v else "{ ... }")
+
+
+# --- DKIM ------------------------------------------------------------------------------
+
+
+def _parse_selector(raw: Any) -> str:
+    # A selector is a sub-domain (RFC 6376 §3.1) and names the key file under data_dir/dkim.
+    if not isinstance(raw, str) or not is_hostname(raw) or raw != raw.lower():
+        raise Invalid("must be a selector of lower-case letters, digits and hyphens in "
+                      f"dot-separated labels, got {shown(raw)}")
+    return raw
+
+
+def _parse_dkim_sign(raw: Any) -> dict[str, tuple[str, ...]]:
+    if not isinstance(raw, dict):
+        raise Invalid(f'must be a table of domain -> selectors like {{ "example.org" = '
+                      f'["s202611"] }}, got {shown(raw)}')
+    out: dict[str, tuple[str, ...]] = {}
+    for domain, selectors in raw.items():
+        try:
+            name = _parse_domain(domain)
+            listed = tuple(dict.fromkeys(_each(selectors, "selectors", _parse_selector,
+                                               nonempty=True)))
+        except Invalid as exc:
+            raise Invalid(f"{domain}: {exc.message}") from None
+        if name in out:
+            raise Invalid(f"{domain}: listed twice")
+        out[name] = listed
+    return out
+
+
+def _show_dkim_sign(value: dict[str, tuple[str, ...]]) -> str:
+    return "{}" if not value else "{ " + ", ".join(
+        f"{toml_string(d)} = {_show_list(s)}" for d, s in value.items()) + " }"
+
+
+DKIM_SIGN: Kind[dict[str, tuple[str, ...]]] = Kind(
+    "table of domain -> list of selectors", _parse_dkim_sign, _show_dkim_sign)
+
+
+def _parse_dkim_key_name(raw: Any) -> str:
+    if raw == "":
+        return ""
+    domain, slash, selector = raw.partition("/") if isinstance(raw, str) else ("", "", "")
+    try:
+        if not slash:
+            raise Invalid("")
+        return f"{_parse_domain(domain)}/{_parse_selector(selector)}"
+    except Invalid:
+        raise Invalid(f'must be "DOMAIN/SELECTOR" (a key under data_dir/dkim) or "", '
+                      f"got {shown(raw)}") from None
+
+
+DKIM_KEY_NAME: Kind[str] = Kind('"DOMAIN/SELECTOR" or ""', _parse_dkim_key_name, toml_string)

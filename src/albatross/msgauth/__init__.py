@@ -1,0 +1,1 @@
+"""Message authentication: DKIM, ARC, SPF, DMARC and Authentication-Results."""
