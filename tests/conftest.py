@@ -142,6 +142,10 @@ def make_daemon(base: Path, smtp: dict[str, object] | None = None, extra: str = 
         # No reverse lookups at connect unless a test asks (test_access_e2e.py does, with
         # nsd): like Postfix's smtpd_peername_lookup = no in the benchmarks.
         extra += "\n[policy]\nreverse_dns = false\n"
+    if "[msgauth]" not in extra:
+        # No SPF/DKIM/DMARC checks of mail from untrusted addresses unless a test asks
+        # (test_msgauth_e2e.py does, with nsd): they would wait on a DNS server not running.
+        extra += "\n[msgauth]\nchecks = false\n"
     cfg.write_text("\n".join(lines) + "\n" + extra, "utf-8")
     return Daemon(data_dir=data_dir, config=cfg, port=port)
 

@@ -25,6 +25,8 @@ from albatross.delivery.smtp import Relay, SmtpCourier, Timeouts
 from albatross.delivery.tls import TlsPolicies, TlsPolicy
 from albatross.dns import DnsResolver, parse_server
 from albatross.model import Envelope, Recipient
+from albatross.msgauth.dkimkey import load_arc_key, load_keys
+from albatross.msgauth.gate import Gate
 from albatross.observe import MailLog
 from albatross.policy import build_policy
 from albatross.routing.local import LocalMailboxes
@@ -37,12 +39,13 @@ from albatross.sasl import (
     Thresholds,
 )
 from albatross.scheduler import Admin, Route, Scheduler, SchedulerSettings
-from albatross.server import ServerContext, Session, SessionPolicy
+from albatross.server import Arrival, Finish, ServerContext, Session, SessionPolicy
 from albatross.server.tls import Certificates, self_signed
 from albatross.smtp.server import Limits
 from albatross.spool import Spool
 
 FLUSH_INTERVAL = 0.2  # mail log batching
+_PASS = Finish()
 SWEEP_INTERVAL = 1.0  # timeouts and maildrop pickup
 
 
@@ -63,6 +66,8 @@ class App:
         # One resolver (one cache) for delivery and the client checks.
         self.resolver = DnsResolver([parse_server(d.dns)] if d.dns else None,
                                     timeout=d.dns_timeout)
+        self.gate = Gate(self.resolver, authserv_id=config.hostname, sign_keys={},
+                         checks=False)  # replaced in start() by the configured one
         self.mailboxes = LocalMailboxes(
             domains=frozenset(d.lower() for d in config.domains.local),
             users=frozenset(config.local.users), catch_all=config.local.catch_all,
@@ -81,8 +86,10 @@ class App:
         log_path = cfg.log.file if cfg.log.file.is_absolute() else self.data_dir / cfg.log.file
         self.log = MailLog(log_path, echo=sys.stderr if cfg.log.stderr else None)
         self.log.event("starting", data_dir=str(self.data_dir), pid=_pid())
+        self.gate = await self._gate()
         self.spool = Spool(self.data_dir, inline_max=cfg.spool.inline_max,
-                           min_free_space=cfg.spool.min_free_space, log=self.log.event)
+                           min_free_space=cfg.spool.min_free_space, log=self.log.event,
+                           prepare=self._prepare_local)
         await self.spool.open()
         if cfg.tls.cert_file is not None and cfg.tls.key_file is not None:
             cert, key = cfg.tls.cert_file, cfg.tls.key_file
@@ -133,6 +140,7 @@ class App:
             proxy_from=tuple(smtp.proxy_protocol_from),
             auth_limiter=self._auth_limiter() if credentials is not None else None,
             checks=build_policy(cfg, self.resolver, log=self.log.event),
+            finish=self._finish,
         )
         loop = asyncio.get_running_loop()
         ctx = self.ctx
@@ -163,6 +171,45 @@ class App:
         print(f"albatross: listening on {listening}", file=self.out, flush=True)
         print(f"albatross: data in {self.data_dir} (queue {self.data_dir / 'queue.db'}, "
               f"log {log_path})", file=self.out, flush=True)
+
+    async def _gate(self) -> Gate:
+        """Message authentication: the DKIM keys of [dkim] (a missing or unusable key stops
+        the start, naming its file) and the [msgauth] checks."""
+        cfg = self.config
+        keys = await asyncio.to_thread(load_keys, cfg.dkim.sign, self.data_dir)
+        arc = cfg.dkim.arc_key
+        arc_key = (await asyncio.to_thread(load_arc_key, self.data_dir, *arc)
+                   if arc is not None else None)
+        m = cfg.msgauth
+        assert self.log is not None
+        return Gate(self.resolver, authserv_id=m.authserv_id or cfg.hostname, sign_keys=keys,
+                    checks=m.checks, spf_helo=m.spf_helo, enforce=m.dmarc_enforce,
+                    quarantine=m.dmarc_quarantine, timeout=m.check_timeout,
+                    signature_lifetime=cfg.dkim.signature_lifetime, arc_key=arc_key,
+                    log=self.log.event)
+
+    async def _finish(self, arrival: Arrival, message: bytes) -> Finish:
+        """The end of data: sign our own mail (authenticated, trusted or not received as
+        MX), check everyone else's."""
+        gate = self.gate
+        if (arrival.role != "mx" or arrival.trusted
+                or arrival.client.authenticated is not None):
+            signature = await gate.sign(message, qid=arrival.qid)
+            return Finish(prepend=signature) if signature else _PASS
+        v = await gate.check(message, client_ip=arrival.client.ip, helo=arrival.helo,
+                             mail_from=arrival.sender, ptr=arrival.client.ptr,
+                             qid=arrival.qid)
+        return Finish(prepend=v.insert, drop=v.drop,
+                      reply=v.reply if v.action == "reject" else None,
+                      hold=v.action == "hold", log=v.log)
+
+    async def _prepare_local(self, envelope: Envelope, writer: Any) -> None:
+        """Mail from the sendmail command is ours: sign it like authenticated mail."""
+        if not self.gate.sign_keys:
+            return
+        signature = await self.gate.sign(await writer.read(), qid=writer.qid)
+        if signature:
+            writer.prepend(signature)
 
     def _auth_limiter(self) -> AuthLimiter:
         a = self.config.auth
