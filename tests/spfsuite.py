@@ -10,7 +10,9 @@ Zone data semantics, as the suite's own drivers read them: "SPF" records are ser
 records for names that have no TXT record of their own ("TXT: NONE" only suppresses that);
 a bare "TIMEOUT" entry makes every query for a type that has no record listed before it time
 out; a record whose value is TIMEOUT times out queries for its type; names under "error."
-time out. Names are checked like DnsResolver checks them (query_name), CNAMEs are followed.
+time out. Names are checked like DnsResolver checks them (query_name, or domain_spec_name
+when the lookup says `domain_spec=True`), CNAMEs are followed to any name, and MX and PTR
+targets come back in DnsResolver's text (names.presentation).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import yaml
 
 from albatross.dns import MX, Answer, InvalidName, Status, query_name
 from albatross.dns.answer import combine_addresses
+from albatross.dns.names import domain_spec_name, presentation, to_dns_name
 
 SUITE = Path(__file__).parent / "data" / "rfc7208-tests.yml"
 TIMEOUT = "TIMEOUT"
@@ -50,9 +53,10 @@ class Zone:
         for name, records in zonedata.items():
             self.entries[name.lower().rstrip(".")] = _records(records)
 
-    def _lookup(self, name: str, rtype: str, depth: int = 0) -> Answer[Any]:
+    def _lookup(self, name: str, rtype: str, domain_spec: bool,
+                depth: int = 0) -> Answer[Any]:
         try:
-            qname = query_name(name)
+            qname = domain_spec_name(name) if domain_spec else query_name(name)
         except InvalidName as exc:
             return Answer(Status.NXDOMAIN, (), 0.0, str(exc))
         entries = self.entries.get(qname)
@@ -70,7 +74,8 @@ class Zone:
             if etype == "CNAME" and rtype != "CNAME":
                 if depth >= MAX_CNAMES:
                     return Answer(Status.TEMPFAIL, (), 0.0, "CNAME loop")
-                return self._lookup(value, rtype, depth + 1)
+                # the server follows a CNAME to whatever name it holds
+                return self._lookup(value, rtype, True, depth + 1)
             if etype != rtype:
                 continue
             if value == TIMEOUT:
@@ -80,37 +85,42 @@ class Zone:
             return Answer(Status.OK, tuple(found), 300.0)
         return Answer(Status.NODATA, (), 300.0, f"{qname} has no {rtype}")
 
-    async def txt(self, name: str) -> Answer[str]:
-        return self._lookup(name, "TXT")
+    async def txt(self, name: str, *, domain_spec: bool = False) -> Answer[str]:
+        return self._lookup(name, "TXT", domain_spec)
 
-    async def a(self, host: str) -> Answer[str]:
-        return self._lookup(host, "A")
+    async def a(self, host: str, *, domain_spec: bool = False) -> Answer[str]:
+        return self._lookup(host, "A", domain_spec)
 
-    async def aaaa(self, host: str) -> Answer[str]:
-        answer = self._lookup(host, "AAAA")
+    async def aaaa(self, host: str, *, domain_spec: bool = False) -> Answer[str]:
+        answer = self._lookup(host, "AAAA", domain_spec)
         records = tuple(str(ipaddress.IPv6Address(r)) for r in answer.records)
         return Answer(answer.status, records, answer.ttl, answer.reason)
 
-    async def addresses(self, host: str) -> Answer[str]:
-        return combine_addresses(await self.aaaa(host), await self.a(host))
+    async def addresses(self, host: str, *, domain_spec: bool = False) -> Answer[str]:
+        return combine_addresses(await self.aaaa(host, domain_spec=domain_spec),
+                                 await self.a(host, domain_spec=domain_spec))
 
-    async def mx(self, domain: str) -> Answer[MX]:
-        answer = self._lookup(domain, "MX")
-        records = []
-        for pref, host in answer.records:
-            target = host.rstrip(".").lower()
-            records.append(MX(int(pref), target))
+    async def mx(self, domain: str, *, domain_spec: bool = False) -> Answer[MX]:
+        answer = self._lookup(domain, "MX", domain_spec)
+        records = [MX(int(pref), _target(host)) for pref, host in answer.records]
         return Answer(answer.status, tuple(sorted(records, key=lambda m: (m.preference, m.host))),
                       answer.ttl, answer.reason)
 
     async def ptr(self, ip: str) -> Answer[str]:
         name = ipaddress.ip_address(ip).reverse_pointer
-        answer = self._lookup(name, "PTR")
-        return Answer(answer.status, tuple(r.rstrip(".").lower() for r in answer.records),
+        answer = self._lookup(name, "PTR", False)
+        return Answer(answer.status, tuple(_target(r) for r in answer.records),
                       answer.ttl, answer.reason)
 
     async def tlsa(self, name: str) -> Answer[Any]:
         return Answer(Status.NODATA, (), 0.0)
+
+
+def _target(host: str) -> str:
+    """An MX or PTR target of the zone data as DnsResolver would return it."""
+    if host in ("", "."):
+        return ""  # the root: a null MX
+    return presentation(to_dns_name(domain_spec_name(host)))
 
 
 def _records(records: list[Any]) -> list[Any]:

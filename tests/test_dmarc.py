@@ -273,7 +273,7 @@ async def test_check_message_temporary_dns_failure_never_rejects() -> None:
 class Stuck(FakeResolver):
     """A resolver whose TXT lookups never end (a server that drops every query)."""
 
-    async def txt(self, name: str) -> Answer[str]:
+    async def txt(self, name: str, *, domain_spec: bool = False) -> Answer[str]:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 

@@ -20,10 +20,12 @@ from albatross.dns import (
     InvalidName,
     Resolver,
     Status,
+    domain_spec_name,
     parse_server,
     query_name,
 )
 from albatross.dns.cache import DEFAULT_NEGATIVE_TTL, MAX_NEGATIVE_TTL, MAX_TTL, MIN_TTL
+from albatross.dns.names import to_dns_name
 from albatross.errors import ConfigError
 from tests.dnszone import FAULTS, AuthServer, FaultServer, Zone, standard_zones
 from tests.dnszone import test_dns as test_dns  # the fixture, re-exported for these tests
@@ -161,10 +163,76 @@ def test_query_name() -> None:
             query_name(bad)
 
 
+def test_domain_spec_name() -> None:
+    # Any printable ASCII but the dot, as RFC 7208 §7.1 domain-specs produce them.
+    assert domain_spec_name("Foo:Bar/Baz.Example.COM.") == "foo:bar/baz.example.com"
+    assert (domain_spec_name("macro%percent  space%20url-space.example.com")
+            == "macro%percent  space%20url-space.example.com")
+    assert domain_spec_name("a\\b.test") == "a\\b.test"  # a backslash is one octet
+    printable = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != ".")
+    assert domain_spec_name(f"{printable[:63]}.{printable[63:]}.test") == (
+        f"{printable[:63]}.{printable[63:]}.test".lower())
+    # Same text as query_name wherever query_name accepts the name (one cache for both).
+    for host in ("Bücher.Example.", "_dmarc.EXAMPLE.org", "a" * 63 + ".test", "xn--zz.test",
+                 "\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25.test", "x.y\u3002z"):
+        assert domain_spec_name(host) == query_name(host), host
+    # Lengths: 63 octets a label, 253 characters a name.
+    longest = ".".join([":" * 63] * 3 + ["/" * 61])
+    assert len(longest) == 253 and domain_spec_name(longest) == longest
+    for bad in ("", ".", "a..b", ":" * 64 + ".test", longest + "x", longest + ".x",
+                "x\r\n.test", "a\x00.test", "a\tb.test", "a\x7fb.test", "a\u200db.test",
+                "b\u00fc:cher.test"):
+        with pytest.raises(InvalidName):
+            domain_spec_name(bad)
+    # The host-name rules are untouched.
+    for refused in ("foo:bar/baz.example.com", "50%.test", "a b.test", "a\\b.test"):
+        with pytest.raises(InvalidName):
+            query_name(refused)
+
+
+def test_to_dns_name_reads_no_presentation_syntax() -> None:
+    name = to_dns_name(domain_spec_name("a\\b.c d.(x);@$.test"))
+    assert name.labels == (b"a\\b", b"c d", b"(x);@$", b"test", b"")
+    assert to_dns_name(query_name("mx1.example.test")).to_text() == "mx1.example.test."
+
+
+async def test_domain_spec_names_found_on_nsd() -> None:
+    # nsd takes ":", "/" and "%" in owner names as they are, a space as \032 and a
+    # backslash as \\ (RFC 1035 §5.1 escapes); we ask for the same octets label by label.
+    zone = Zone("odd.test", [
+        "foo:bar/baz A 127.0.0.2",
+        'foo:bar/baz TXT "v=spf1 -all"',
+        "mx:host MX 10 foo:bar/baz",
+        "50%\\032off AAAA ::1",
+        "back\\\\slash TXT back",
+    ])
+    server = AuthServer([zone])
+    async with serving(server):
+        r = resolver_for(server)
+        assert (await r.a("foo:bar/baz.odd.test", domain_spec=True)).records == ("127.0.0.2",)
+        assert (await r.txt("FOO:BAR/baz.odd.test.", domain_spec=True)).records == (
+            "v=spf1 -all",)
+        mx = await r.mx("mx:host.odd.test", domain_spec=True)
+        assert mx.records == (MX(10, "foo:bar/baz.odd.test"),)
+        assert (await r.addresses(mx.records[0].host, domain_spec=True)).records == (
+            "127.0.0.2",)
+        assert (await r.aaaa("50% off.odd.test", domain_spec=True)).records == ("::1",)
+        assert (await r.txt("back\\slash.odd.test", domain_spec=True)).records == ("back",)
+        assert (await r.a("nope:x.odd.test", domain_spec=True)).status is Status.NXDOMAIN
+        # Without domain_spec the same names are refused before any query.
+        refused = await r.a("foo:bar/baz.odd.test")
+        assert refused.status is Status.NXDOMAIN and "invalid label" in refused.reason
+
+
 async def test_invalid_names_are_nxdomain_without_a_query(faults: FaultServer) -> None:
     r = resolver_for(faults)
-    for bad in ("a..b.test", "bad name.test", "x" * 64 + ".test", "evil\r\n.test"):
+    for bad in ("a..b.test", "bad name.test", "x" * 64 + ".test", "evil\r\n.test",
+                "foo:bar/baz.example.test", "50%.example.test", "back\\slash.example.test"):
         answer = await r.mx(bad)
+        assert answer.status is Status.NXDOMAIN, bad
+        assert "\r" not in answer.reason and "\n" not in answer.reason
+    for bad in ("a..b.test", "x" * 64 + ".test", "evil\r\n.test", ":" * 254):
+        answer = await r.txt(bad, domain_spec=True)
         assert answer.status is Status.NXDOMAIN, bad
         assert "\r" not in answer.reason and "\n" not in answer.reason
     assert (await r.ptr("not-an-ip")).status is Status.NXDOMAIN
@@ -522,6 +590,17 @@ async def test_fake_resolver() -> None:
     assert (failed.status, failed.records) == (Status.TEMPFAIL, ())
     fake.set_status("example.test", "MX", Status.OK)
     assert (await resolver.mx("example.test")).status is Status.OK
+    # Records at names only a domain-spec may ask about, as DnsResolver would answer them.
+    fake.add_a("Foo:Bar/baz.example.test", "192.0.2.7")
+    fake.add_mx("odd.example.test", 10, "foo:bar/baz.example.test")
+    fake.add_mx("odder.example.test", 10, "a b.example.test")
+    assert (await resolver.a("foo:bar/baz.example.test", domain_spec=True)).records == (
+        "192.0.2.7",)
+    assert (await resolver.a("foo:bar/baz.example.test")).status is Status.NXDOMAIN
+    assert (await resolver.mx("odd.example.test")).records == (
+        MX(10, "foo:bar/baz.example.test"),)
+    assert (await resolver.mx("odder.example.test")).records == (
+        MX(10, "a\\032b.example.test"),)  # dnspython's escape, as DnsResolver gives it
     fake.set_status("gone.test", "A", Status.TEMPFAIL)
     assert (await resolver.aaaa("gone.test")).status is Status.NODATA
     assert ("example.test", "MX") in fake.queries

@@ -17,32 +17,16 @@ from albatross.msgauth.spf import (
 from tests import spfsuite
 from tests.dnszone import AuthServer, FaultServer, Zone, require_dns_server
 
-# Scenarios whose zone data puts characters in DNS names that our Resolver refuses to ask
-# about (dns/names.py allows letters, digits, "-" and "_" in labels, so that envelope text
-# can never become a different DNS name than it reads as). For us such a name does not
-# exist: the mechanism does not match and the result is neutral or fail instead of pass,
-# the safe direction. RFC 7208 §7.1 allows any visible character, so these are listed as
-# known divergences (strict xfail, so fixing the resolver would be noticed), not skips.
-REFUSED_NAMES = {
-    "a-colon-domain": "a:foo:bar/baz.example.com",
-    "a-colon-domain-ip4mapped": "a:foo:bar/baz.example.com",
-    "mx-colon-domain": "mx:foo:bar/baz.example.com",
-    "mx-colon-domain-ip4mapped": "mx:foo:bar/baz.example.com",
-    "macro-mania-in-domain": "a:macro%percent  space%20url-space.example.com",
-}
-# Nothing in the suite tests what RFC 7208 leaves optional in a way we have to skip: the
-# type-SPF (99) scenarios are written so that TXT-only checkers pass them, the Received-SPF
-# header is not compared (we report in Authentication-Results, RFC 8601), and where the RFC
-# allows two results the suite lists both.
+# Every scenario must pass: none is skipped or marked as an expected failure. Nothing in the
+# suite tests what RFC 7208 leaves optional in a way we would have to skip: the type-SPF (99)
+# scenarios are written so that TXT-only checkers pass them, the Received-SPF header is not
+# compared (we report in Authentication-Results, RFC 8601), and where the RFC allows two
+# results the suite lists both.
 SCENARIOS = spfsuite.load()
 
 
 def _param(s: spfsuite.Scenario) -> object:
-    marks = []
-    if s.name in REFUSED_NAMES:
-        marks.append(pytest.mark.xfail(
-            strict=True, reason=f"our resolver never asks for {REFUSED_NAMES[s.name]!r}"))
-    return pytest.param(s, id=f"{s.section}:{s.name}", marks=marks)
+    return pytest.param(s, id=f"{s.section}:{s.name}")
 
 
 def test_suite_is_complete() -> None:
@@ -229,6 +213,14 @@ def nsd() -> Iterator[AuthServer]:
         "@ MX 10 mx1",
         "mx1 A 127.0.0.2",
         '@ TXT "unrelated verification text"',
+        # RFC 7208 §7.1 domain-specs with characters no host name holds
+        'colon TXT "v=spf1 a:foo:bar/baz.spf.test -all"',
+        "foo:bar/baz A 127.0.0.20",
+        'foo:bar/baz TXT "v=spf1 +all"',
+        'colonmx TXT "v=spf1 mx:colonmx.spf.test -all"',
+        "colonmx MX 10 foo:bar/baz",
+        'mania TXT "v=spf1 exists:macro%%percent%_space.spf.test -all"',
+        "macro%percent\\032space A 127.0.0.1",
     ])
     with AuthServer([zone]) as server:
         yield server
@@ -242,6 +234,21 @@ async def test_nsd_include_split_strings_and_mx(nsd: AuthServer) -> None:
     assert (res.result, res.mechanism) == (Spf.PASS, "mx")
     res = await check_mail_from(resolver, "127.0.0.3", "a@spf.test", "h.spf.test")
     assert (res.result, res.mechanism) == (Spf.FAIL, "-all")
+
+
+async def test_nsd_domain_spec_names_with_colon_slash_percent_space(nsd: AuthServer) -> None:
+    resolver = DnsResolver(nsd.nameservers, timeout=5)
+    res = await check_mail_from(resolver, "127.0.0.20", "a@colon.spf.test", "h.spf.test")
+    assert (res.result, res.mechanism) == (Spf.PASS, "a:foo:bar/baz.spf.test")
+    res = await check_mail_from(resolver, "127.0.0.21", "a@colon.spf.test", "h.spf.test")
+    assert (res.result, res.void_lookups) == (Spf.FAIL, 0)
+    res = await check_mail_from(resolver, "127.0.0.20", "a@colonmx.spf.test", "h.spf.test")
+    assert (res.result, res.mechanism) == (Spf.PASS, "mx:colonmx.spf.test")
+    res = await check_mail_from(resolver, "192.0.2.1", "a@mania.spf.test", "h.spf.test")
+    assert res.result is Spf.PASS, res
+    # The HELO identity stays a host name: its +all record is never read.
+    assert (await check_helo(resolver, "127.0.0.20", "foo:bar/baz.spf.test")).result \
+        is Spf.NONE
 
 
 async def test_servfail_from_a_real_server_is_temperror() -> None:

@@ -7,7 +7,7 @@ hand, for tests of the layers above. Both satisfy the `Resolver` protocol. See d
 
 from albatross.dns.answer import MX, Answer, Resolver, Status, TlsaRecord
 from albatross.dns.fake import FakeResolver
-from albatross.dns.names import InvalidName, query_name
+from albatross.dns.names import InvalidName, domain_spec_name, query_name
 from albatross.dns.resolver import DnsResolver, parse_server
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "Resolver",
     "Status",
     "TlsaRecord",
+    "domain_spec_name",
     "parse_server",
     "query_name",
 ]

@@ -65,21 +65,28 @@ class Answer(Generic[T]):
 
 
 class Resolver(Protocol):
-    """The DNS questions Albatross asks. No method raises for a DNS failure."""
+    """The DNS questions Albatross asks. No method raises for a DNS failure.
 
-    async def mx(self, domain: str) -> Answer[MX]:
+    Names are host names, checked by names.query_name: a name it refuses is answered
+    NXDOMAIN without a query. `domain_spec=True` checks the name by names.domain_spec_name
+    instead, which also allows ":", "/", "%", spaces and other visible characters in a
+    label; it is for the names SPF records and macros produce (RFC 7208 §7.1) and for
+    nothing else.
+    """
+
+    async def mx(self, domain: str, *, domain_spec: bool = False) -> Answer[MX]:
         """MX records sorted by preference (then host); shuffling equal ones is the caller's."""
         ...
 
-    async def addresses(self, host: str) -> Answer[str]:
+    async def addresses(self, host: str, *, domain_spec: bool = False) -> Answer[str]:
         """AAAA then A records of `host`, as IPv6 and IPv4 text."""
         ...
 
-    async def a(self, host: str) -> Answer[str]: ...
+    async def a(self, host: str, *, domain_spec: bool = False) -> Answer[str]: ...
 
-    async def aaaa(self, host: str) -> Answer[str]: ...
+    async def aaaa(self, host: str, *, domain_spec: bool = False) -> Answer[str]: ...
 
-    async def txt(self, name: str) -> Answer[str]:
+    async def txt(self, name: str, *, domain_spec: bool = False) -> Answer[str]:
         """Each TXT record's strings joined into one text (RFC 7208 §3.3)."""
         ...
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from albatross.dns.answer import MX, Answer, Status, TlsaRecord, combine_addresses
-from albatross.dns.names import InvalidName, query_name, reverse_name
+from albatross.dns.names import (
+    InvalidName,
+    domain_spec_name,
+    presentation,
+    query_name,
+    reverse_name,
+    to_dns_name,
+)
 
 RTYPES = ("MX", "A", "AAAA", "TXT", "PTR", "TLSA")
 
@@ -17,7 +24,11 @@ class FakeResolver:
     status set for some type) answers NODATA; any other name NXDOMAIN. `set_status` forces a
     status for one (name, type), for example TEMPFAIL. Names are normalised as DnsResolver
     normalises them (IDNA, case, trailing dot); PTR records are keyed by the IP address.
-    Every question asked is appended to `queries` as (name, type).
+    Records may be put at any name a zone could hold (names.domain_spec_name rules), and
+    asked about as DnsResolver would: a name query_name refuses is NXDOMAIN without a
+    question unless the lookup passes `domain_spec=True`. MX and PTR targets come back in
+    the text DnsResolver gives them (names.presentation). Every question asked is appended
+    to `queries` as (name, type).
     """
 
     def __init__(self, ttl: float = 300.0) -> None:
@@ -30,7 +41,7 @@ class FakeResolver:
 
     def add_mx(self, domain: str, preference: int, host: str) -> None:
         """`host` "" or "." makes a null MX (RFC 7505)."""
-        target = "" if host in ("", ".") else query_name(host)
+        target = "" if host in ("", ".") else _target(host)
         self._add(domain, "MX", MX(preference, target))
 
     def add_a(self, host: str, ip: str) -> None:
@@ -43,7 +54,7 @@ class FakeResolver:
         self._add(name, "TXT", text)
 
     def add_ptr(self, ip: str, host: str) -> None:
-        self._records.setdefault((reverse_name(ip), "PTR"), []).append(query_name(host))
+        self._records.setdefault((reverse_name(ip), "PTR"), []).append(_target(host))
 
     def add_tlsa(self, name: str, record: TlsaRecord) -> None:
         self._add(name, "TLSA", record)
@@ -55,33 +66,34 @@ class FakeResolver:
         rtype = rtype.upper()
         if rtype not in RTYPES:
             raise ValueError(f"unknown record type {rtype!r}")
-        key = reverse_name(name) if rtype == "PTR" else query_name(name)
+        key = reverse_name(name) if rtype == "PTR" else domain_spec_name(name)
         if status is Status.OK:
             self._status.pop((key, rtype), None)
         else:
             self._status[(key, rtype)] = status
 
     def _add(self, name: str, rtype: str, record: Any) -> None:
-        self._records.setdefault((query_name(name), rtype), []).append(record)
+        self._records.setdefault((domain_spec_name(name), rtype), []).append(record)
 
     # --- the Resolver protocol ---------------------------------------------------------
 
-    async def mx(self, domain: str) -> Answer[MX]:
-        answer: Answer[MX] = self._answer(domain, "MX")
+    async def mx(self, domain: str, *, domain_spec: bool = False) -> Answer[MX]:
+        answer: Answer[MX] = self._answer(domain, "MX", domain_spec)
         ordered = tuple(sorted(answer.records, key=lambda m: (m.preference, m.host)))
         return Answer(answer.status, ordered, answer.ttl, answer.reason)
 
-    async def addresses(self, host: str) -> Answer[str]:
-        return combine_addresses(await self.aaaa(host), await self.a(host))
+    async def addresses(self, host: str, *, domain_spec: bool = False) -> Answer[str]:
+        return combine_addresses(await self.aaaa(host, domain_spec=domain_spec),
+                                 await self.a(host, domain_spec=domain_spec))
 
-    async def a(self, host: str) -> Answer[str]:
-        return self._answer(host, "A")
+    async def a(self, host: str, *, domain_spec: bool = False) -> Answer[str]:
+        return self._answer(host, "A", domain_spec)
 
-    async def aaaa(self, host: str) -> Answer[str]:
-        return self._answer(host, "AAAA")
+    async def aaaa(self, host: str, *, domain_spec: bool = False) -> Answer[str]:
+        return self._answer(host, "AAAA", domain_spec)
 
-    async def txt(self, name: str) -> Answer[str]:
-        return self._answer(name, "TXT")
+    async def txt(self, name: str, *, domain_spec: bool = False) -> Answer[str]:
+        return self._answer(name, "TXT", domain_spec)
 
     async def ptr(self, ip: str) -> Answer[str]:
         try:
@@ -93,9 +105,9 @@ class FakeResolver:
     async def tlsa(self, name: str) -> Answer[TlsaRecord]:
         return self._answer(name, "TLSA")
 
-    def _answer(self, name: str, rtype: str) -> Answer[Any]:
+    def _answer(self, name: str, rtype: str, domain_spec: bool = False) -> Answer[Any]:
         try:
-            qname = query_name(name)
+            qname = domain_spec_name(name) if domain_spec else query_name(name)
         except InvalidName as exc:
             return Answer(Status.NXDOMAIN, (), 0.0, str(exc))
         return self._lookup(qname, rtype)
@@ -112,3 +124,8 @@ class FakeResolver:
         if exists:
             return Answer(Status.NODATA, (), self.ttl, f"{qname} has no {rtype} record")
         return Answer(Status.NXDOMAIN, (), self.ttl, f"{qname} does not exist (NXDOMAIN)")
+
+
+def _target(host: str) -> str:
+    """An MX or PTR target as DnsResolver returns it from a zone holding `host`."""
+    return presentation(to_dns_name(domain_spec_name(host)))

@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 import dns.asyncresolver
 import dns.exception
 import dns.message
-import dns.name
 import dns.nameserver
 import dns.rdata
 import dns.rdatatype
@@ -32,7 +31,14 @@ from dns.rdtypes.IN.AAAA import AAAA as AAAARdata
 
 from albatross.dns.answer import MAX_RECORDS, MX, Answer, Status, TlsaRecord, combine_addresses
 from albatross.dns.cache import AnswerCache, Key, lifetime
-from albatross.dns.names import InvalidName, query_name, reverse_name
+from albatross.dns.names import (
+    InvalidName,
+    domain_spec_name,
+    presentation,
+    query_name,
+    reverse_name,
+    to_dns_name,
+)
 from albatross.errors import ConfigError
 
 T = TypeVar("T")
@@ -77,15 +83,10 @@ def _clean(text: str) -> str:
     return out if len(out) <= MAX_REASON else out[: MAX_REASON - 3] + "..."
 
 
-def _bare(name: dns.name.Name) -> str:
-    """A DNS name as our records carry it: lower-case text without the trailing dot."""
-    if name == dns.name.root:
-        return ""
-    return name.to_text(omit_final_dot=True).lower()
-
-
 def _mx(rdata: dns.rdata.Rdata) -> MX | None:
-    return MX(rdata.preference, _bare(rdata.exchange)) if isinstance(rdata, MXRdata) else None
+    if not isinstance(rdata, MXRdata):
+        return None
+    return MX(rdata.preference, presentation(rdata.exchange))
 
 
 def _address(rdata: dns.rdata.Rdata) -> str | None:
@@ -101,7 +102,7 @@ def _txt(rdata: dns.rdata.Rdata) -> str | None:
 
 
 def _ptr(rdata: dns.rdata.Rdata) -> str | None:
-    return _bare(rdata.target) if isinstance(rdata, PTRRdata) else None
+    return presentation(rdata.target) if isinstance(rdata, PTRRdata) else None
 
 
 def _tlsa(rdata: dns.rdata.Rdata) -> TlsaRecord | None:
@@ -182,23 +183,24 @@ class DnsResolver:
 
     # --- the Resolver protocol ---------------------------------------------------------
 
-    async def mx(self, domain: str) -> Answer[MX]:
-        return await self._lookup(domain, dns.rdatatype.MX, _mx,
+    async def mx(self, domain: str, *, domain_spec: bool = False) -> Answer[MX]:
+        return await self._lookup(domain, dns.rdatatype.MX, _mx, domain_spec=domain_spec,
                                   order=lambda rs: sorted(rs, key=lambda m: (m.preference,
                                                                              m.host)))
 
-    async def addresses(self, host: str) -> Answer[str]:
-        v6, v4 = await asyncio.gather(self.aaaa(host), self.a(host))
+    async def addresses(self, host: str, *, domain_spec: bool = False) -> Answer[str]:
+        v6, v4 = await asyncio.gather(self.aaaa(host, domain_spec=domain_spec),
+                                      self.a(host, domain_spec=domain_spec))
         return combine_addresses(v6, v4)
 
-    async def a(self, host: str) -> Answer[str]:
-        return await self._lookup(host, dns.rdatatype.A, _address)
+    async def a(self, host: str, *, domain_spec: bool = False) -> Answer[str]:
+        return await self._lookup(host, dns.rdatatype.A, _address, domain_spec=domain_spec)
 
-    async def aaaa(self, host: str) -> Answer[str]:
-        return await self._lookup(host, dns.rdatatype.AAAA, _address)
+    async def aaaa(self, host: str, *, domain_spec: bool = False) -> Answer[str]:
+        return await self._lookup(host, dns.rdatatype.AAAA, _address, domain_spec=domain_spec)
 
-    async def txt(self, name: str) -> Answer[str]:
-        return await self._lookup(name, dns.rdatatype.TXT, _txt)
+    async def txt(self, name: str, *, domain_spec: bool = False) -> Answer[str]:
+        return await self._lookup(name, dns.rdatatype.TXT, _txt, domain_spec=domain_spec)
 
     async def ptr(self, ip: str) -> Answer[str]:
         try:
@@ -214,9 +216,11 @@ class DnsResolver:
 
     async def _lookup(self, name: str, rdtype: dns.rdatatype.RdataType,
                       convert: Callable[[dns.rdata.Rdata], T | None], *,
+                      domain_spec: bool = False,
                       order: Callable[[Iterable[T]], list[T]] = list) -> Answer[T]:
         try:
-            qname = query_name(name)
+            # Both give the same text for a host name, so the cache key names one DNS name.
+            qname = domain_spec_name(name) if domain_spec else query_name(name)
         except InvalidName as exc:
             # A name that cannot be written in DNS cannot exist: answer as the DNS would.
             return Answer(Status.NXDOMAIN, (), 0.0, _clean(str(exc)))
@@ -251,7 +255,7 @@ class DnsResolver:
                    order: Callable[[Iterable[T]], list[T]]) -> Answer[T]:
         """One lookup through dnspython, every outcome turned into an Answer."""
         rtype = dns.rdatatype.to_text(rdtype)
-        name = dns.name.from_text(qname, origin=dns.name.root)
+        name = to_dns_name(qname)  # label by label: a domain-spec label may hold a backslash
         try:
             # dnspython's lifetime can overrun by its backoff sleep; this bound cannot.
             async with asyncio.timeout(self._timeout):

@@ -17,6 +17,12 @@ a, mx, ptr, exists, redirect) in the whole evaluation, more is permerror; at mos
 lookups (NXDOMAIN or no records), more is permerror; at most 10 MX names per mx mechanism
 (more is permerror) and 10 PTR names per ptr mechanism or %{p} macro (the rest ignored).
 The caller bounds the wall time (check_message wraps this in a timeout, giving temperror).
+
+Names: the MAIL FROM or HELO domain must be a host name (names.query_name), but the names a
+record's domain-specs and macros produce, and the MX targets of an mx mechanism, are asked
+with `domain_spec=True`: RFC 7208 §7.1 allows any visible character there
+("a:foo:bar/baz.example.com"). Names from PTR answers (the ptr mechanism, %{p}) stay host
+names.
 """
 
 from __future__ import annotations
@@ -329,10 +335,10 @@ class _Evaluation:
 
     # lookups
 
-    async def _addresses(self, host: str) -> Answer[str]:
+    async def _addresses(self, host: str, *, domain_spec: bool) -> Answer[str]:
         if self.ip.version == 4:
-            return await self.resolver.a(host)
-        return await self.resolver.aaaa(host)
+            return await self.resolver.a(host, domain_spec=domain_spec)
+        return await self.resolver.aaaa(host, domain_spec=domain_spec)
 
     async def _validated_names(self) -> tuple[Answer[str], list[str]]:
         """The PTR answer for the client and its names that resolve back to it (§5.5), at
@@ -341,15 +347,18 @@ class _Evaluation:
         if self._ptr is None:
             self._ptr = await self.resolver.ptr(str(self.ip))
             for name in self._ptr.records[:MAX_PTR_NAMES]:
-                forward = await self._addresses(name)
+                forward = await self._addresses(name, domain_spec=False)
                 if forward.ok and any(_same_ip(a, self.ip) for a in forward.records):
                     self._validated.append(name)
         return self._ptr, self._validated
 
     # check_host()
 
-    async def check_host(self, domain: str, explain: bool) -> _Outcome:
-        answer = await self.resolver.txt(domain)
+    async def check_host(self, domain: str, explain: bool, *,
+                         domain_spec: bool = False) -> _Outcome:
+        """check_host() of the identity's domain, or with `domain_spec` of an include or
+        redirect target expanded from a domain-spec."""
+        answer = await self.resolver.txt(domain, domain_spec=domain_spec)
         if answer.status is Status.TEMPFAIL:
             raise _TempError(f"DNS lookup of the SPF record of {domain} failed: "
                              f"{answer.reason}")
@@ -369,7 +378,7 @@ class _Evaluation:
         if record.redirect is not None:
             self._count_lookup()
             target = await self._target(record.redirect, domain)
-            outcome = await self.check_host(target, explain)
+            outcome = await self.check_host(target, explain, domain_spec=True)
             if outcome.result is Spf.NONE:
                 raise _PermError(f"redirect={target}: {outcome.reason}")
             return outcome
@@ -383,22 +392,24 @@ class _Evaluation:
         self._count_lookup()
         target = await self._target(d.domain, domain) if d.domain is not None else domain
         if d.kind == "include":
-            outcome = await self.check_host(target, explain=False)
+            outcome = await self.check_host(target, explain=False, domain_spec=True)
             if outcome.result is Spf.PASS:
                 return True
             if outcome.result in (Spf.FAIL, Spf.SOFTFAIL, Spf.NEUTRAL):
                 return False
             raise _PermError(f"include:{target}: {outcome.reason}")  # none (§5.2)
         if d.kind == "a":
-            return self._any_in(await self._checked(self._addresses(target), void=True), d)
+            return self._any_in(await self._checked(self._addresses(target, domain_spec=True),
+                                                    void=True), d)
         if d.kind == "mx":
-            mx = await self._checked(self.resolver.mx(target), void=True)
+            mx = await self._checked(self.resolver.mx(target, domain_spec=True), void=True)
             if len(mx.records) > MAX_MX_NAMES:
                 raise _PermError(f"{target} has more than {MAX_MX_NAMES} MX records")
             for record in mx.records:
                 if record.is_null:
                     continue
-                if self._any_in(await self._checked(self._addresses(record.host)), d):
+                addresses = self._addresses(record.host, domain_spec=True)
+                if self._any_in(await self._checked(addresses), d):
                     return True
             return False
         if d.kind == "ptr":
@@ -408,7 +419,7 @@ class _Evaluation:
             # a failed PTR lookup simply does not match (§5.5)
             return any(n == target or n.endswith("." + target) for n in names)
         if d.kind == "exists":
-            answer = await self._checked(self.resolver.a(target), void=True)
+            answer = await self._checked(self.resolver.a(target, domain_spec=True), void=True)
             return answer.ok
         raise AssertionError(f"unhandled mechanism {d.kind}")
 
@@ -445,7 +456,7 @@ class _Evaluation:
             return self.default_explanation
         try:
             target = await self._target(spec, domain)
-            answer = await self.resolver.txt(target)
+            answer = await self.resolver.txt(target, domain_spec=True)
             if not answer.ok or len(answer.records) != 1 or not answer.records[0].isascii():
                 return self.default_explanation
             return await self.expand(answer.records[0], domain, exp=True)

@@ -64,19 +64,19 @@ class _Offline:
     def _none(self) -> Answer[str]:
         return Answer(Status.TEMPFAIL, (), 0.0, "no resolver: policy built to be described")
 
-    async def mx(self, domain: str) -> Answer[MX]:
+    async def mx(self, domain: str, *, domain_spec: bool = False) -> Answer[MX]:
         return Answer(Status.TEMPFAIL, (), 0.0, "offline")
 
-    async def addresses(self, host: str) -> Answer[str]:
+    async def addresses(self, host: str, *, domain_spec: bool = False) -> Answer[str]:
         return self._none()
 
-    async def a(self, host: str) -> Answer[str]:
+    async def a(self, host: str, *, domain_spec: bool = False) -> Answer[str]:
         return self._none()
 
-    async def aaaa(self, host: str) -> Answer[str]:
+    async def aaaa(self, host: str, *, domain_spec: bool = False) -> Answer[str]:
         return self._none()
 
-    async def txt(self, name: str) -> Answer[str]:
+    async def txt(self, name: str, *, domain_spec: bool = False) -> Answer[str]:
         return self._none()
 
     async def ptr(self, ip: str) -> Answer[str]:
