@@ -195,3 +195,30 @@ def test_dmarc_quarantine_can_hold(tmp_path: Path, nsd: AuthServer) -> None:
         assert queued["held"] is True and queued["dmarc_action"] == "hold"
     finally:
         d.stop()
+
+
+def test_received_mail_is_sealed_with_arc_when_configured(tmp_path: Path,
+                                                         sender_key: DkimKey) -> None:
+    require_dns_server()
+    base = tmp_path / "a"
+    seal_key = keygen(base / "data", "mx.test", "arc1", "rsa")
+    zones = [*sender_zones(sender_key), Zone("mx.test", [zone_line(seal_key)])]
+    with AuthServer(zones) as server:
+        base.mkdir(parents=True, exist_ok=True)
+        d = make_daemon(base, extra=(
+            f"[delivery]\ndns = {toml_value(server.hostport)}\n"
+            '[msgauth]\nchecks = true\nauthserv_id = "mx.test"\n'
+            '[dkim]\narc_seal = "mx.test/arc1"\n'))
+        d.start()
+        try:
+            original = b"From: X <x@sender.test>\r\nSubject: forwarded\r\n\r\nHello.\r\n"
+            assert send_from("127.0.0.2", d, "x@sender.test",
+                             sign(original, [sender_key]) + original)[0] == 250
+            [qid] = d.ids()
+            _env, stored = d.load(qid)
+        finally:
+            d.stop()
+        assert stored.startswith(b"ARC-Seal: i=1;")
+        assert b"ARC-Authentication-Results: i=1; mx.test;" in stored
+        cv, _details, reason = dkimpy.arc_verify(stored, dnsfunc=dkimpy_dnsfunc(server))
+        assert cv == b"pass", reason

@@ -122,8 +122,9 @@ class Gate:
         if self.arc_key is not None and results.action != "reject":
             value = results.header.split(b":", 1)[1].strip().decode("ascii", "replace")
             try:
+                # arc_seal puts our Authentication-Results on its own copy of the message.
                 insert = await asyncio.to_thread(
-                    arc_mod.arc_seal, insert + cleaned + message[end:], self.arc_key,
+                    arc_mod.arc_seal, cleaned + message[end:], self.arc_key,
                     self.authserv_id, " ".join(value.split())) + insert
             except Exception as exc:  # unsealed is better than refused
                 self._log("error", where="arc-seal", error=str(exc) or repr(exc))
