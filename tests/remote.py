@@ -420,17 +420,7 @@ class PostfixReceiver(_Server):
         db.chmod(0o600)
 
     def stop(self) -> None:
-        """Stop master and its children, and delete every file of the instance."""
-        atexit.unregister(self.stop)
-        if self.root is None:
-            return
-        try:
-            if self._master_pid is not None:
-                stop_master(self.root, self._master_pid)
-        finally:
-            self._master_pid = None
-            shutil.rmtree(self.root, ignore_errors=True)
-            self.root = None
+        _stop_instance(self)
 
     # -- reading back ----------------------------------------------------------------
 
@@ -560,22 +550,26 @@ class PostfixClient(_Server):
             raise
 
     def stop(self) -> None:
-        atexit.unregister(self.stop)
-        if self.root is None:
-            return
-        try:
-            if self._master_pid is not None:
-                stop_master(self.root, self._master_pid)
-        finally:
-            self._master_pid = None
-            shutil.rmtree(self.root, ignore_errors=True)
-            self.root = None
+        _stop_instance(self)
 
     def log_lines(self) -> list[str]:
-        if self.root is None:
-            return []
-        path = self.root / "maillog"
-        return path.read_text(errors="replace").splitlines() if path.exists() else []
+        """The instance's mail log (maillog_file), line by line."""
+        path = self.root / "maillog" if self.root is not None else None
+        return path.read_text(errors="replace").splitlines() if path and path.exists() else []
+
+
+def _stop_instance(instance: PostfixReceiver | PostfixClient) -> None:
+    """Stop a private Postfix's master and its children, and delete every file of it."""
+    atexit.unregister(instance.stop)
+    if instance.root is None:
+        return
+    try:
+        if instance._master_pid is not None:
+            stop_master(instance.root, instance._master_pid)
+    finally:
+        instance._master_pid = None
+        shutil.rmtree(instance.root, ignore_errors=True)
+        instance.root = None
 
 
 # ---------------------------------------------------------------- smtp-sink

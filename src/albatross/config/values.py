@@ -535,16 +535,21 @@ def _parse_sni_certificates(raw: Any) -> dict[str, tuple[Path, Path]]:
         wildcard = host.startswith("*.")
         if not is_hostname(host[2:] if wildcard else host):
             raise Invalid(f"{name}: not a host name (or *.domain)")
-        if not isinstance(table, dict) or set(table) != {"cert_file", "key_file"}:
-            raise Invalid(f"{name}: must be a table with cert_file and key_file")
-        paths = []
-        for key in ("cert_file", "key_file"):
-            path = _parse_path(table[key]).absolute()
-            if not path.is_file():
-                raise Invalid(f"{name}.{key}: no such file: {path}")
-            paths.append(path)
-        out[host] = (paths[0], paths[1])
+        out[host] = _certificate_pair(name, table)
     return out
+
+
+def _certificate_pair(name: str, table: Any) -> tuple[Path, Path]:
+    """(cert_file, key_file) from `{ cert_file = ..., key_file = ... }`; both must exist."""
+    if not isinstance(table, dict) or set(table) != {"cert_file", "key_file"}:
+        raise Invalid(f"{name}: must be a table with cert_file and key_file")
+    paths = []
+    for key in ("cert_file", "key_file"):
+        path = _parse_path(table[key]).absolute()
+        if not path.is_file():
+            raise Invalid(f"{name}.{key}: no such file: {path}")
+        paths.append(path)
+    return paths[0], paths[1]
 
 
 def _parse_listener_certificates(raw: Any) -> dict[str, tuple[Path, Path]]:
@@ -556,15 +561,7 @@ def _parse_listener_certificates(raw: Any) -> dict[str, tuple[Path, Path]]:
             host, port = parse_listen(name)
         except ValueError as exc:
             raise Invalid(f"{name}: {exc}") from None
-        if not isinstance(table, dict) or set(table) != {"cert_file", "key_file"}:
-            raise Invalid(f"{name}: must be a table with cert_file and key_file")
-        paths = []
-        for key in ("cert_file", "key_file"):
-            path = _parse_path(table[key]).absolute()
-            if not path.is_file():
-                raise Invalid(f"{name}.{key}: no such file: {path}")
-            paths.append(path)
-        out[listen_key(host, port)] = (paths[0], paths[1])
+        out[listen_key(host, port)] = _certificate_pair(name, table)
     return out
 
 
