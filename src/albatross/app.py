@@ -141,6 +141,7 @@ class App:
             auth_limiter=self._auth_limiter() if credentials is not None else None,
             checks=build_policy(cfg, self.resolver, log=self.log.event),
             finish=self._finish,
+            finish_wanted=self._finish_wanted,
         )
         loop = asyncio.get_running_loop()
         ctx = self.ctx
@@ -187,6 +188,12 @@ class App:
                     quarantine=m.dmarc_quarantine, timeout=m.check_timeout,
                     signature_lifetime=cfg.dkim.signature_lifetime, arc_key=arc_key,
                     log=self.log.event)
+
+    def _finish_wanted(self, role: str, trusted: bool, authenticated: bool) -> bool:
+        """Our own mail needs the gate only to be signed; others' only to be checked."""
+        if role != "mx" or trusted or authenticated:
+            return bool(self.gate.sign_keys)
+        return self.gate.checks
 
     async def _finish(self, arrival: Arrival, message: bytes) -> Finish:
         """The end of data: sign our own mail (authenticated, trusted or not received as

@@ -141,6 +141,9 @@ class ServerContext:
     on_queued: Callable[[], None] = lambda: None  # tell the scheduler new mail is due
     checks: Policy | None = None  # per-phase client checks (policy/), None for none
     finish: FinishHook | None = None  # end-of-data message checks and signing (msgauth)
+    # Whether the hook has anything to do for (role, trusted, authenticated): when not, the
+    # message is not even joined for it (the relay hot path: trusted, nothing to sign).
+    finish_wanted: Callable[[str, bool, bool], bool] = lambda role, trusted, auth: True
     ids: Callable[[], int] = field(default_factory=lambda: itertools.count(1).__next__)
 
 
@@ -205,6 +208,7 @@ class Session(asyncio.Protocol):
         self.proxy_peer: str | None = None  # the balancer's address, when behind one
         self.client = ClientInfo("", 0, role)  # what the policy checks see
         self._finish_log: dict[str, Any] = {}  # the hook's log fields for a refusal
+        self.trusted = False  # the client is in a trusted network (set once it is known)
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -267,6 +271,8 @@ class Session(asyncio.Protocol):
         ctx = self.ctx
         client = self.client
         client.ip, client.port, client.tls = self.peer_ip, self.peer_port, bool(self.tls_info)
+        # Asked once: RCPT (relay control) and the end of data need it for every message.
+        self.trusted = ctx.policy.is_trusted(self.peer_ip)
         reply: Reply
         if ctx.shutting_down:
             reply = R_SHUTDOWN
@@ -534,7 +540,7 @@ class Session(asyncio.Protocol):
                 self._accept_rcpt(address)
             else:
                 self._reject("rcpt", R_NO_USER, recipient=address)
-        elif self.conn.authenticated or pol.is_trusted(self.peer_ip):
+        elif self.conn.authenticated or self.trusted:
             # No open relay (ARCHITECTURE.md): mail for others' domains only from
             # authenticated clients and trusted networks.
             self._accept_rcpt(str(rcpt))
@@ -736,11 +742,12 @@ class Session(asyncio.Protocol):
         """Ask the end-of-data hook (message authentication, DKIM signing) and put the
         headers it returns on top of the message."""
         hook = self.ctx.finish
-        if hook is None:
+        if hook is None or not self.ctx.finish_wanted(
+                self.role, self.trusted, self.auth_identity is not None):
             return _NOTHING
         tr = self.conn.transaction
         arrival = Arrival(qid=qid, role=self.role, client=self.client,
-                          trusted=self.ctx.policy.is_trusted(self.peer_ip),
+                          trusted=self.trusted,
                           sender=_addr(tr.sender),
                           recipients=[str(r.recipient) for r in tr.recipients],
                           helo=self.conn.helo or "")
