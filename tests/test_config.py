@@ -65,6 +65,7 @@ def test_defaults(in_tmp: Path) -> None:
     cfg = default()
     assert values.is_hostname(cfg.hostname)
     assert cfg.data_dir == in_tmp / "albatross-data"
+    assert cfg.workers == 1
     assert cfg.smtp.listen == ("127.0.0.1:2525",)
     assert cfg.smtp.listen_addresses == (("127.0.0.1", 2525),)
     assert cfg.smtp.max_message_size == 50 * 1024 * 1024
@@ -265,6 +266,11 @@ def test_relay_trusts_networks_and_ipv4_mapped_clients() -> None:
 
 # (file text, key of the problem, its line, a piece of its message)
 BAD = [
+    ("workers = 0", "workers", 1, 'must be an integer 1..26 or "auto", got 0'),
+    ("workers = 27", "workers", 1, "1..26"),
+    ('workers = "2"', "workers", 1, "got '2'"),
+    ('workers = "all"', "workers", 1, "got 'all'"),
+    ("workers = true", "workers", 1, "got true"),
     ('hostname = "mx_1.example.org"', "hostname", 1, "host name"),
     ('hostname = "-mx.example.org"', "hostname", 1, "host name"),
     ("hostname = 'a.." + "b'", "hostname", 1, "host name"),
@@ -351,6 +357,17 @@ def test_bad_value_is_a_problem_with_key_and_line(
     with pytest.raises(ConfigError) as info:
         load(path)
     assert str(matching[0]) in str(info.value).splitlines()
+
+
+def test_workers(in_tmp: Path) -> None:
+    assert load(write(in_tmp, "workers = 4\n")).workers == 4
+    auto = load(write(in_tmp, 'workers = "auto"\n')).workers
+    assert auto == min(os.cpu_count() or 1, 26)
+    assert load(None, {"workers": 3}).workers == 3
+    write(in_tmp, '# comment\n\nworkers = "many"\n')
+    problems = check(Path("albatross.toml"))
+    assert [str(p) for p in problems] == [
+        'albatross.toml:3: workers: must be an integer 1..26 or "auto", got \'many\'']
 
 
 def test_problem_renders_as_file_line_key_message(in_tmp: Path) -> None:

@@ -26,6 +26,8 @@ ALLOWED: dict[str, set[str]] = {
     "server": {"model", "errors", "smtp", "policy", "routing", "sasl", "msgauth", "spool",
                "config"},
     "api": {"model", "errors", "spool", "scheduler", "config"},
+    # process management for app (fork, restart, signals): nothing of the MTA itself
+    "supervisor": set(),
     # cli reads the spool directly for read-only queue views (queue list on a stopped daemon)
     "cli": {"app", "config", "api", "model", "errors", "spool", "routing", "sasl", "policy",
             "msgauth", "dns"},

@@ -395,3 +395,22 @@ async def test_regression_stop_starts_no_new_deliveries(spool: Spool) -> None:
     gate.set()
     await stopping
     assert len(h.courier.calls) == 1  # the waiting ones were not started after stop()
+
+
+async def test_regression_mail_over_the_backlog_cap_returns_when_the_backlog_halves(
+        spool: Spool) -> None:
+    # A burst bigger than the fairness cap (2 x concurrency, at least 10) used to wait out
+    # the whole 5 s requeue delay although the destination had room again at once (seen as
+    # 5 s stalls in the relay benchmark with workers = 2).
+    gate = asyncio.Event()
+    h = make(spool, concurrency=1)
+    h.courier.gate = gate
+    for i in range(25):
+        await queue(spool, "a@example.org", [f"u{i}@one.test"], h.clock.now)
+    await h.sched.tick()
+    await asyncio.sleep(0.02)
+    assert len(h.sched.active) == 11  # 1 sending, 10 waiting, the rest back in the queue
+    gate.set()
+    await h.settle(rounds=2000)  # the fake clock stands still: no 5 s pass
+    assert spool.ids() == []
+    assert len(h.courier.calls) == 25

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import functools
 import ipaddress
+import itertools
+import math
 import os
 import signal
 import ssl
@@ -24,6 +26,7 @@ from albatross.delivery.mx import RoutePolicy
 from albatross.delivery.smtp import Relay, SmtpCourier, Timeouts
 from albatross.delivery.tls import TlsPolicies, TlsPolicy
 from albatross.dns import DnsResolver, parse_server
+from albatross.errors import ConfigError, SpoolError
 from albatross.model import Envelope, Recipient
 from albatross.msgauth.dkimkey import load_arc_key, load_keys
 from albatross.msgauth.gate import Gate
@@ -42,7 +45,8 @@ from albatross.scheduler import Admin, Route, Scheduler, SchedulerSettings
 from albatross.server import Arrival, Finish, ServerContext, Session, SessionPolicy
 from albatross.server.tls import Certificates, self_signed
 from albatross.smtp.server import Limits
-from albatross.spool import Spool
+from albatross.spool import Spool, shards
+from albatross.supervisor import Supervisor, reserve
 
 FLUSH_INTERVAL = 0.2  # mail log batching
 _PASS = Finish()
@@ -50,12 +54,17 @@ SWEEP_INTERVAL = 1.0  # timeouts and maildrop pickup
 
 
 class App:
-    """One Albatross process: spool, mail log and SMTP listeners."""
+    """One Albatross process: spool, mail log and SMTP listeners. With `workers` > 1 it is
+    worker `shard` of them (supervisor.py starts them): its queue is that shard's
+    (spool/shards.py), its listeners share their ports with the other workers'."""
 
-    def __init__(self, config: Config, *, out: TextIO | None = None) -> None:
+    def __init__(self, config: Config, *, out: TextIO | None = None, shard: int = 0) -> None:
         self.config = config
         self.out = out or sys.stdout
         self.data_dir = Path(config.data_dir)
+        self.shard = shard
+        self.workers = config.workers
+        self.shard_dir = shards.shard_dir(self.data_dir, shard)
         self.log: MailLog | None = None
         self.spool: Spool | None = None
         self.ctx: ServerContext | None = None
@@ -85,12 +94,14 @@ class App:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log_path = cfg.log.file if cfg.log.file.is_absolute() else self.data_dir / cfg.log.file
         self.log = MailLog(log_path, echo=sys.stderr if cfg.log.stderr else None)
-        self.log.event("starting", data_dir=str(self.data_dir), pid=_pid())
+        self.log.event("starting", data_dir=str(self.data_dir), pid=_pid(), **self._worker())
         self.gate = await self._gate()
-        self.spool = Spool(self.data_dir, inline_max=cfg.spool.inline_max,
+        self.spool = Spool(self.shard_dir, inline_max=cfg.spool.inline_max,
                            min_free_space=cfg.spool.min_free_space, log=self.log.event,
-                           prepare=self._prepare_local)
+                           shard=shards.letter(self.shard), prepare=self._prepare_local)
         await self.spool.open()
+        if self.shard == 0:
+            await self._absorb_orphans()
         if cfg.tls.cert_file is not None and cfg.tls.key_file is not None:
             cert, key = cfg.tls.cert_file, cfg.tls.key_file
         else:
@@ -142,6 +153,8 @@ class App:
             checks=build_policy(cfg, self.resolver, log=self.log.event),
             finish=self._finish,
             finish_wanted=self._finish_wanted,
+            # Session ids unique across workers in the shared mail log: k+1, k+1+N, ...
+            ids=itertools.count(self.shard + 1, self.workers).__next__,
         )
         loop = asyncio.get_running_loop()
         ctx = self.ctx
@@ -151,7 +164,7 @@ class App:
             listener_tls = own.context if own is not None else tls
             server = await loop.create_server(
                 functools.partial(Session, ctx, role, listener_tls), bind, port,
-                reuse_address=True, backlog=1024,
+                reuse_address=True, reuse_port=self.workers > 1 or None, backlog=1024,
                 ssl=listener_tls if role == "submissions" else None,
                 ssl_handshake_timeout=smtp.timeouts.tls_handshake if role == "submissions"
                 else None)
@@ -163,7 +176,7 @@ class App:
                 self.log.event("listening", address=f"{name[0]}:{name[1]}", role=role)
         if cfg.queue.deliver:
             self.scheduler.start()
-        self.admin = AdminServer(Admin(self.scheduler), self.data_dir / "admin.sock")
+        self.admin = AdminServer(Admin(self.scheduler), self.shard_dir / "admin.sock")
         await self.admin.start()
         self._tasks.append(loop.create_task(self._flush_log()))
         self._tasks.append(loop.create_task(self._sweep()))
@@ -217,6 +230,21 @@ class App:
         signature = await self.gate.sign(await writer.read(), qid=writer.qid)
         if signature:
             writer.prepend(signature)
+
+    def _worker(self) -> dict[str, int]:
+        """The `worker` field of lifecycle events, when there is more than one."""
+        return {"worker": self.shard} if self.workers > 1 else {}
+
+    async def _absorb_orphans(self) -> None:
+        """Move the mail of shards no worker owns (workers was lowered) into ours. A failure
+        leaves it where it is, for the next start; it never stops this one."""
+        assert self.spool is not None and self.log is not None
+        for index in await asyncio.to_thread(shards.orphans, self.data_dir, self.workers):
+            try:
+                await shards.absorb(self.spool, self.data_dir, index, self.log.event)
+            except Exception as exc:
+                self.log.event("error", where="absorb", shard=shards.letter(index),
+                               error=str(exc) or repr(exc))
 
     def _auth_limiter(self) -> AuthLimiter:
         a = self.config.auth
@@ -290,14 +318,22 @@ class App:
     def _build_scheduler(self) -> Scheduler:
         cfg = self.config
         q = cfg.queue
+        n = self.workers
+
+        def share(concurrency: int, rate: float) -> tuple[int, float]:
+            # Each worker schedules its own shard: a destination's limits are divided
+            # between them (docs/workers.md), rounding connections up so none gets zero.
+            return math.ceil(concurrency / n), rate / n
+
+        concurrency, rate = share(q.concurrency, q.rate)
         settings = SchedulerSettings(
             min_backoff=q.min_backoff, max_backoff=q.max_backoff, lifetime=q.lifetime,
             delay_warning=q.delay_warning, max_active=q.max_active,
-            concurrency=q.concurrency, rate=q.rate, reporting_mta=cfg.hostname,
+            concurrency=concurrency, rate=rate, reporting_mta=cfg.hostname,
             postmaster=f"postmaster@{cfg.domains.local[0] if cfg.domains.local else cfg.hostname}",
             max_returned=q.max_returned,
-            overrides={dom: (int(p.get("concurrency", q.concurrency)),
-                             float(p.get("rate", q.rate)))
+            overrides={dom: share(int(p.get("concurrency", q.concurrency)),
+                                  float(p.get("rate", q.rate)))
                        for dom, p in cfg.delivery.domains.items()
                        if "concurrency" in p or "rate" in p})
         assert self.spool is not None and self.log is not None
@@ -318,7 +354,7 @@ class App:
             if self.ctx is not None:
                 for s in list(self.ctx.sessions):
                     s.check_timeout(now)
-            if self.spool is not None:
+            if self.spool is not None and self.shard == 0:  # sendmail's maildrop is shard 0's
                 try:
                     if await self.spool.pickup() and self.scheduler is not None:
                         self.scheduler.wake()
@@ -352,7 +388,7 @@ class App:
             grace = self.config.smtp.timeouts.shutdown_grace
         try:
             if self.log is not None:
-                self.log.event("stopping", pid=_pid())
+                self.log.event("stopping", pid=_pid(), **self._worker())
             for server in self.servers:
                 server.close()
             waits = [self._stop_sessions(grace)]
@@ -413,7 +449,8 @@ class App:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
         await stop.wait()
-        print("albatross: stopping", file=self.out, flush=True)
+        with contextlib.suppress(OSError, ValueError):  # a reader gone must not skip stop()
+            print("albatross: stopping", file=self.out, flush=True)
         await self.stop()
 
 
@@ -433,9 +470,16 @@ def _pid() -> int:
 
 
 def run(config: Config) -> int:
-    """Run the daemon in the foreground, on uvloop when it is installed (set
+    """Run the daemon in the foreground: this process, or with `workers` > 1 a supervisor
+    and its worker processes."""
+    if config.workers > 1:
+        return _supervise(config)
+    return _serve(App(config))
+
+
+def _serve(app: App) -> int:
+    """Run `app` until SIGTERM, on uvloop when it is installed (set
     ALBATROSS_EVENT_LOOP=asyncio to use the standard loop, as the tests do for debug mode)."""
-    app = App(config)
     if os.environ.get("ALBATROSS_EVENT_LOOP", "auto") != "asyncio":
         try:
             import uvloop
@@ -446,3 +490,36 @@ def run(config: Config) -> int:
             return 0
     asyncio.run(app.run())
     return 0
+
+
+def _supervise(config: Config) -> int:
+    """Prepare what the workers share, once and before any fork (the data directory, the
+    self-signed certificate, the listening ports), then run them under a Supervisor."""
+    data_dir = Path(config.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if config.tls.cert_file is None or config.tls.key_file is None:
+        self_signed(data_dir / "tls", config.hostname)  # not N workers racing to make one
+    held = reserve((None if host in ("*", "") else host, port)
+                   for _role, host, port in config.smtp.listeners)
+    log_file = config.log.file if config.log.file.is_absolute() else data_dir / config.log.file
+    try:
+        return Supervisor(config.workers, functools.partial(_worker, config),
+                          log=MailLog(log_file), grace=config.smtp.timeouts.shutdown_grace,
+                          keep=held).run()
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _worker(config: Config, shard: int, ready: int) -> int:
+    """One worker process (forked by the Supervisor): App for `shard`, whose start lines go
+    to the supervisor through the `ready` pipe."""
+    with os.fdopen(ready, "w", encoding="utf-8") as out:
+        try:
+            return _serve(App(config, out=out, shard=shard))
+        except ConfigError as exc:
+            print(f"albatross: invalid configuration:\n{exc}", file=sys.stderr)
+            return 78
+        except (OSError, SpoolError) as exc:
+            print(f"albatross: worker {shard} cannot start: {exc}", file=sys.stderr)
+            return 71

@@ -23,6 +23,8 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["delivery.dns"] = args.dns
     if args.relay_host:
         overrides["delivery.relay"] = args.relay_host
+    if args.workers:
+        overrides["workers"] = int(args.workers) if args.workers.isdigit() else args.workers
     try:
         cfg = config.load(Path(args.config) if args.config else None, overrides)
     except ConfigError as exc:
@@ -76,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="DNS server for delivery (default: /etc/resolv.conf)")
     serve.add_argument("--relay-host", metavar="HOST:PORT",
                        help="send all remote mail through this smart host")
+    serve.add_argument("--workers", metavar="N",
+                       help='worker processes, each with its own shard of the queue, or '
+                            '"auto" for one per CPU (default 1; see docs/workers.md)')
     serve.set_defaults(func=_serve)
 
     cfg = sub.add_parser("config", help="configuration tools")

@@ -2,6 +2,10 @@
 
 list, show and stats read the queue database directly, so they work on a stopped
 daemon's data directory too; the others ask the running daemon over its admin socket.
+With several workers each shard has its own database and admin socket (spool/shards.py):
+the reads merge every shard, an action on one message goes to the shard its id names
+first (then to the others: a message moved out of a retired shard keeps its id), and a
+flush of everything or of a domain goes to every shard.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 from albatross.config import load
 from albatross.config.values import Invalid, parse_duration
 from albatross.errors import ConfigError, SpoolError
-from albatross.spool import QueueEntry, Spool
+from albatross.spool import QueueEntry, Spool, shards
 
 # qshape's age buckets, in minutes.
 BUCKETS = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
@@ -73,20 +77,23 @@ def run(args: argparse.Namespace) -> int:
     data_dir = Path(cfg.data_dir)
     cmd = args.queue_command
     if cmd in ("list", "show", "stats"):
-        if not (data_dir / "queue.db").exists():
+        found = shards.existing(data_dir)
+        if not found:
             print(f"albatross queue: no queue at {data_dir / 'queue.db'}", file=sys.stderr)
             return 66
         try:
-            entries = Spool(data_dir).entries()
+            entries = [e for k in found for e in Spool(shards.shard_dir(data_dir, k)).entries()]
         except SpoolError as exc:
             print(f"albatross queue: {exc}", file=sys.stderr)
             return 74
+        if len(found) > 1:
+            entries.sort(key=lambda e: e.arrival)  # each shard's list is in commit order
         if cmd == "list":
             return _list(entries, args)
         if cmd == "show":
             return _show(entries, args)
         return _stats(entries, args)
-    return _act(data_dir / "admin.sock", cmd, args)
+    return _act(data_dir, cmd, args)
 
 
 def _age(seconds: float) -> str:
@@ -222,31 +229,81 @@ def _stats(entries: list[QueueEntry], args: argparse.Namespace) -> int:
     return 0
 
 
-def _act(sock: Path, cmd: str, args: argparse.Namespace) -> int:
-    if cmd == "flush":
-        path, body = "/queue/flush", {"qid": args.qid, "domain": args.domain}
-    else:
-        path, body = f"/queue/{args.qid}/{cmd}", {}
-    if not sock.exists():
-        print(f"albatross queue: the daemon is not running (no admin socket at {sock}); "
-              f"{cmd} needs it", file=sys.stderr)
-        return 75
+def _sockets(data_dir: Path) -> dict[int, Path]:
+    """The admin socket of every shard that has one (a running worker), by shard."""
+    found = {}
+    for k in range(shards.MAX_SHARDS):
+        sock = shards.shard_dir(data_dir, k) / "admin.sock"
+        if sock.exists():
+            found[k] = sock
+    return found
+
+
+def _post(sock: Path, path: str, body: dict[str, Any]) -> tuple[int, str, dict[str, Any]]:
+    """POST to one admin socket: (status, reason, JSON answer). Raises OSError,
+    ValueError or HTTPException when the daemon cannot be reached or answers nonsense."""
     conn = _UnixConnection(sock)
     try:
         conn.request("POST", path, body=json.dumps({k: v for k, v in body.items() if v}),
                      headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
         data = json.loads(resp.read() or b"{}")
-    except (OSError, ValueError, http.client.HTTPException) as exc:
-        print(f"albatross queue: cannot reach the daemon at {sock}: {exc}", file=sys.stderr)
-        return 75
     finally:
         conn.close()
-    if resp.status >= 400:
-        print(f"albatross queue: {data.get('error', resp.reason)}", file=sys.stderr)
-        return 67 if resp.status == 404 else 75 if resp.status == 409 else 65
+    return resp.status, resp.reason, data if isinstance(data, dict) else {}
+
+
+def _act(data_dir: Path, cmd: str, args: argparse.Namespace) -> int:
     if cmd == "flush":
-        print(f"{data.get('flushed', 0)} message(s) flushed")
+        path, body = "/queue/flush", {"qid": args.qid, "domain": args.domain}
+    else:
+        path, body = f"/queue/{args.qid}/{cmd}", {}
+    sockets = _sockets(data_dir)
+    if not sockets:
+        sock = data_dir / "admin.sock"
+        print(f"albatross queue: the daemon is not running (no admin socket at {sock}); "
+              f"{cmd} needs it", file=sys.stderr)
+        return 75
+    if args.qid:
+        # The shard named by the id first; then the others, for a message that was moved
+        # out of a retired shard with its id (spool/shards.py).
+        home = shards.index_of(args.qid)
+        order = sorted(sockets, key=lambda k: k != home)
+    else:
+        order = sorted(sockets)  # everything, or a domain: every shard
+    flushed = 0
+    found = False
+    unreachable = 0
+    failure: tuple[int, str, dict[str, Any]] | None = None
+    for k in order:
+        sock = sockets[k]
+        try:
+            status, reason, data = _post(sock, path, body)
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            # A worker being restarted, or a socket left by one that died: say so and ask
+            # the others (the message may be there, and a flush of everything goes on).
+            print(f"albatross queue: cannot reach the daemon at {sock}: {exc}",
+                  file=sys.stderr)
+            unreachable += 1
+            continue
+        if status < 400:
+            found = True
+            flushed += int(data.get("flushed", 0))
+            if args.qid:
+                break
+        elif failure is None or failure[0] == 404:
+            failure = (status, reason, data)  # the first error that says more than 404
+        if status >= 400 and status != 404:
+            break
+    if failure is not None and not (found and failure[0] == 404):
+        status, reason, data = failure
+        print(f"albatross queue: {data.get('error', reason)}", file=sys.stderr)
+        return 67 if status == 404 and not unreachable else 75 if status in (404, 409) \
+            else 65
+    if not found:
+        return 75  # every shard that could have it was unreachable
+    if cmd == "flush":
+        print(f"{flushed} message(s) flushed")
     else:
         print(f"{args.qid}: {cmd} done")
-    return 0
+    return 75 if unreachable and not args.qid else 0

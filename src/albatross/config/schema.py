@@ -481,6 +481,16 @@ class Config:
         "doc": "Directory holding all state: queue.db, spool/, maildrop/, log/ and tls/. "
                "A relative path is resolved against the current directory at load time.",
     })
+    workers: int = field(default=1, metadata={
+        "kind": values.WORKERS,
+        "doc": "Worker processes, each with its own shard of the queue (data_dir for the "
+               "first, data_dir/shards/<n>/ for the others) and its own scheduler, all "
+               'accepting on the same ports (SO_REUSEPORT). "auto": one per CPU. With more '
+               "than one, per-destination concurrency and rate are divided between the "
+               "workers and the AUTH guess limits are counted per worker; shards left over "
+               "after lowering the number are moved into the first at start "
+               "(docs/workers.md).",
+    })
     smtp: SmtpConfig = field(default_factory=SmtpConfig, metadata={
         "table": SmtpConfig, "doc": SmtpConfig.__doc__,
     })

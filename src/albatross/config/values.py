@@ -83,6 +83,21 @@ def integer(minimum: int, maximum: int | None = None) -> Kind[int]:
     return Kind(name, parse, str)
 
 
+MAX_WORKERS = 26  # one shard letter A-Z each (spool/ids.py)
+
+
+def _parse_workers(raw: Any) -> int:
+    """A worker count, or "auto": one per CPU (at most MAX_WORKERS)."""
+    if raw == "auto":
+        return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+    if not _is_int(raw) or not 1 <= raw <= MAX_WORKERS:
+        raise Invalid(f'must be an integer 1..{MAX_WORKERS} or "auto", got {shown(raw)}')
+    return int(raw)
+
+
+WORKERS: Kind[int] = Kind(f'integer 1..{MAX_WORKERS} or "auto"', _parse_workers, str)
+
+
 # --- sizes -----------------------------------------------------------------------------
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -29,6 +29,8 @@ EVENTS: frozenset[str] = frozenset({
     "connect", "helo", "tls", "auth", "reject", "queued", "disconnect",
     # the local submission path and the spool
     "pickup", "pickup-deferred", "spool-recovered", "quarantined",
+    # a message moved out of a shard no worker owns any more (spool/shards.py)
+    "moved",
     # delivery
     "attempt", "delivered", "deferred", "bounced", "expired", "dsn-sent", "deleted",
     # anything that went wrong and is not one of the above
@@ -38,8 +40,8 @@ EVENTS: frozenset[str] = frozenset({
 # Events that always concern one stored message: a line without its queue id could not be
 # tied to the message it describes, which is the whole point of the log.
 QID_REQUIRED: frozenset[str] = frozenset({
-    "queued", "pickup", "quarantined", "attempt", "delivered", "deferred", "bounced", "expired",
-    "dsn-sent", "deleted",
+    "queued", "pickup", "quarantined", "moved", "attempt", "delivered", "deferred", "bounced",
+    "expired", "dsn-sent", "deleted",
 })
 
 # The pseudo-event read() reports for a line that is not a JSON object with an event.

@@ -111,6 +111,9 @@ class Scheduler:
         self.destinations: dict[str, _Destination] = {}
         self._buckets: dict[str, tuple[float, float]] = {}  # rate limits: (tokens, when)
         self._timers: dict[str, asyncio.TimerHandle] = {}  # one rate-limit timer per dest
+        # Messages sent back to the queue by the fairness cap, per destination: made due
+        # again as soon as that destination's backlog has halved (see _pump).
+        self._parked: dict[str, list[str]] = {}
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -230,9 +233,9 @@ class Scheduler:
         # to other destinations is not stuck behind it.
         for route in groups:
             dest = self.destinations.get(route.destination)
-            cap = max(2 * self._limits(route.destination)[0], 10)
-            if dest is not None and len(dest.waiting) >= cap:
+            if dest is not None and len(dest.waiting) >= self._backlog_cap(route.destination):
                 await self._requeue(qid, 5.0)
+                self._parked.setdefault(route.destination, []).append(qid)
                 return
         self.active[qid] = msg
         msg.running = len(groups)
@@ -244,6 +247,9 @@ class Scheduler:
     def _limits(self, destination: str) -> tuple[int, float]:
         return self.settings.overrides.get(destination,
                                            (self.settings.concurrency, self.settings.rate))
+
+    def _backlog_cap(self, destination: str) -> int:
+        return max(2 * self._limits(destination)[0], 10)
 
     def _enqueue(self, msg: _Active, route: Route, rcpts: tuple[Recipient, ...]) -> None:
         dest = self.destinations.setdefault(route.destination, _Destination())
@@ -285,8 +291,25 @@ class Scheduler:
             task = asyncio.get_running_loop().create_task(self._deliver(msg, route, rcpts))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        parked = self._parked.get(name)
+        if parked and len(dest.waiting) <= self._backlog_cap(name) // 2:
+            # Without this a burst larger than the cap waited out the whole 5 s requeue
+            # delay although the destination had room again within milliseconds.
+            del self._parked[name]
+            task = asyncio.get_running_loop().create_task(self._unpark(parked))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         if not dest.waiting and dest.active == 0:
             del self.destinations[name]
+
+    async def _unpark(self, qids: list[str]) -> None:
+        """Make messages the fairness cap requeued due now, then look at the queue."""
+        try:
+            for i in range(0, len(qids), 500):
+                await self.spool.flush(self.clock.time(), qids[i:i + 500])
+        except Exception as exc:  # they are due in 5 s anyway
+            self.log("error", where="scheduler", error=f"cannot requeue parked mail: {exc}")
+        self.wake()
 
     def _prune_buckets(self, now: float) -> None:
         """Forget buckets that have refilled completely: they hold no information."""

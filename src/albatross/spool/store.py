@@ -132,6 +132,15 @@ class Spool:
             os.close(fd)  # closing the descriptor releases the flock
 
     @property
+    def shard(self) -> str:
+        """The letter that starts this shard's queue ids."""
+        return self._ids.shard
+
+    def log(self, event: str, /, **fields: Any) -> None:
+        """Write a mail-log event through the log this spool was given."""
+        self._log(event, **fields)
+
+    @property
     def stats(self) -> CommitStats:
         """Group-commit counters (batches, messages, largest batch) since open()."""
         if self._committer is None:
