@@ -403,6 +403,17 @@ async def test_fcrdns_unconfirmed_is_unknown_and_no_opinion(ip: str) -> None:
     assert c.ptr == "unknown"
 
 
+@pytest.mark.parametrize("ip", ["127.0.0.1", "::1", "::ffff:127.0.0.1"])
+async def test_fcrdns_this_host_is_localhost_without_asking(ip: str) -> None:
+    r = FakeResolver()  # knows nothing: a PTR query would be NXDOMAIN, so "unknown"
+    c = client(ip)
+    assert await FcrdnsCheck(r, timeout=5).run(c) is None
+    assert c.ptr == "localhost"
+    other = client("127.0.0.2")  # other loopback addresses are asked like anyone
+    await FcrdnsCheck(r, timeout=5).run(other)
+    assert other.ptr == "unknown"
+
+
 async def test_fcrdns_tempfail_is_logged_and_unknown() -> None:
     r = reverse_zone()
     r.set_status("192.0.2.10", "PTR", Status.TEMPFAIL)

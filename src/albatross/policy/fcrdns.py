@@ -70,6 +70,10 @@ class FcrdnsCheck:
             return None
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
+        if address in _THIS_HOST:
+            # Every host calls these "localhost" (/etc/hosts); asking DNS would only make
+            # local submissions wait for a resolver that may not know the reverse zone.
+            return "localhost"
         answer = await self.resolver.ptr(str(address))
         if answer.status is Status.TEMPFAIL:
             self._note(client, f"PTR lookup failed: {answer.reason}")
@@ -90,6 +94,9 @@ class FcrdnsCheck:
     def _note(self, client: ClientInfo, error: str) -> None:
         if self._log is not None:
             self._log("error", where="policy", check=self.name, client=client.ip, error=error)
+
+
+_THIS_HOST = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 
 
 def _same(address: ipaddress.IPv4Address | ipaddress.IPv6Address, text: str) -> bool:
