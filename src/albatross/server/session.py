@@ -61,6 +61,9 @@ R_LOOP = Reply(554, "5.4.6", "Error: too many Received headers, mail loop detect
 R_HEADER_TOO_BIG = Reply(552, "5.3.4", "Error: message header block too large")
 R_STORE_FAILED = Reply(451, "4.3.0", "Error: could not store the message, try again later")
 _HIGH_WATER = 1 << 20  # pause reading when this much input waits for a decision
+# Events one pump handles before letting other connections run: a client pipelining
+# thousands of commands must not hold the event loop for a long stretch.
+_PUMP_BUDGET = 256
 _STREAM_CHUNK = 256 * 1024  # hand content to the spool in pieces of about this size
 
 
@@ -209,6 +212,7 @@ class Session(asyncio.Protocol):
         self.client = ClientInfo("", 0, role)  # what the policy checks see
         self._finish_log: dict[str, Any] = {}  # the hook's log fields for a refusal
         self.trusted = False  # the client is in a trusted network (set once it is known)
+        self._pump_scheduled = False
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -328,7 +332,7 @@ class Session(asyncio.Protocol):
         self.conn.receive_data(data)
         if not self._busy:
             self._pump()
-        elif self.conn.buffered > _HIGH_WATER and not self._paused and self.transport:
+        if self.conn.buffered > _HIGH_WATER and not self._paused and self.transport:
             self.transport.pause_reading()
             self._paused = True
 
@@ -382,7 +386,15 @@ class Session(asyncio.Protocol):
     def _pump(self) -> None:
         """Run events until the machine needs input or an async decision, then write."""
         conn = self.conn
+        budget = _PUMP_BUDGET
         while not self._write_paused:
+            if budget == 0:
+                # More input is waiting: go on in a later callback, after other sessions.
+                if not self._pump_scheduled:
+                    self._pump_scheduled = True
+                    asyncio.get_running_loop().call_soon(self._pump_later)
+                break
+            budget -= 1
             ev = conn.next_event()
             if ev is None:
                 break
@@ -450,12 +462,18 @@ class Session(asyncio.Protocol):
             tr.write(self.conn.data_to_send())
             tr.close()
             return
-        if self._eof and not self._busy:
+        if self._eof and not self._busy and not self._pump_scheduled:
             tr.close()  # the client half-closed and everything it sent is answered
             return
-        if self._paused and not self._busy and not self._write_paused:
+        if (self._paused and not self._busy and not self._write_paused
+                and self.conn.buffered <= _HIGH_WATER):
             self._paused = False
             tr.resume_reading()
+
+    def _pump_later(self) -> None:
+        self._pump_scheduled = False
+        if not self._busy and self.transport is not None:
+            self._pump()
 
     def _resume(self) -> None:
         self._busy = False
