@@ -81,7 +81,7 @@ class Gate:
         # Date and Message-ID are signed (and oversigned: no one may add one after us), so
         # a message without them gets them now; a relay adding its own (Postfix does for
         # local clients) would otherwise break the signature.
-        missing = _missing_fields(head, qid or secrets.token_hex(8), domain)
+        missing = missing_fields(head, qid or secrets.token_hex(8), domain)
         try:
             return await asyncio.to_thread(
                 dkim.sign, missing + message, self.sign_keys[domain],
@@ -148,8 +148,9 @@ def _header_end(message: bytes) -> int:
     return len(message) if end < 0 else end + 2
 
 
-def _missing_fields(head: bytes, unique: str, domain: str) -> bytes:
-    """A Date and a Message-ID field (RFC 5322 §3.6) for a header block that lacks them."""
+def missing_fields(head: bytes, unique: str, domain: str) -> bytes:
+    """A Date and a Message-ID field (RFC 5322 §3.6) for a header block that lacks them
+    (also the submission fix-ups of RFC 6409 §8, server/session.py)."""
     names = {line.split(b":", 1)[0].strip().lower() for line in head.split(b"\r\n")
              if b":" in line and line[:1] not in (b" ", b"\t")}
     out = b""

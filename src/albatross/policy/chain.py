@@ -58,11 +58,9 @@ class Policy:
             except Exception as exc:  # a bug in a check is temporary, never a hard refusal
                 self.note(check.name, client, f"failed: {exc!r}")
                 return _failed(check.name)
-            if result is not None and not isinstance(result, Verdict):
-                self.note(check.name, client, f"returned {type(result).__name__}, not a Verdict")
-                return _failed(check.name)
-            if result is not None and not result.accepted:
-                return result
+            verdict = self._verdict(check, client, result)
+            if verdict is not None and not verdict.accepted:
+                return verdict
         return ACCEPT
 
     async def run(self, phase: Phase, client: ClientInfo, **fields: Any) -> Verdict:
@@ -83,6 +81,10 @@ class Policy:
         except Exception as exc:  # any bug in a check is temporary, never a hard refusal
             self.note(check.name, client, f"failed: {exc!r}")
             return _failed(check.name)
+        return self._verdict(check, client, result)
+
+    def _verdict(self, check: Check, client: ClientInfo, result: object) -> Verdict | None:
+        """A check's answer, or a 451 if it answered something that is not a Verdict."""
         if result is not None and not isinstance(result, Verdict):
             self.note(check.name, client, f"returned {type(result).__name__}, not a Verdict")
             return _failed(check.name)

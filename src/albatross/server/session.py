@@ -18,6 +18,7 @@ from typing import Any
 
 from albatross.errors import AlbatrossError
 from albatross.model import Envelope, Recipient, Reply
+from albatross.msgauth.gate import missing_fields
 from albatross.policy import ACCEPT, ClientInfo, Phase, Policy, Verdict
 from albatross.sasl import (
     AuthExchangeError,
@@ -675,15 +676,8 @@ class Session(asyncio.Protocol):
         done for mail received as MX, which must arrive as it was sent)."""
         if self._flushed_any or not self._pending_writes or self._headers is None:
             return  # a header block so large it is already on disk: leave it alone
-        names = {line.split(b":", 1)[0].strip().lower()
-                 for line in bytes(self._headers).split(b"\r\n") if b":" in line
-                 and line[:1] not in (b" ", b"\t")}
-        extra = b""
-        if b"message-id" not in names:
-            extra += (f"Message-ID: <{self._qid}.{int(time.time())}@"
-                      f"{self.ctx.limits.hostname}>\r\n").encode()
-        if b"date" not in names:
-            extra += f"Date: {formatdate(localtime=True)}\r\n".encode()
+        extra = missing_fields(bytes(self._headers), self._qid or "",
+                               self.ctx.limits.hostname)
         if extra:
             self._pending_writes[0] += extra  # right after our Received header
 
