@@ -90,10 +90,13 @@ class Harness:
                                rnd=random.Random(1))
 
     async def settle(self, rounds: int = 200) -> None:
-        """Run ticks until nothing is in flight (a round is about 5 ms)."""
+        """Run ticks until nothing is in flight and nothing is due (a round is about 5 ms).
+        On a slow machine a whole batch can be delivered within one tick, so "nothing in
+        flight" alone is not enough: due mail beyond the batch may be left."""
         for _ in range(rounds):
-            await self.sched.tick()
-            if not self.sched.active and not self.sched._tasks:
+            next_due = await self.sched.tick()
+            if (not self.sched.active and not self.sched._tasks
+                    and (next_due is None or next_due > self.clock.time())):
                 return
             await asyncio.sleep(0.005)
         raise AssertionError("scheduler did not settle")
@@ -414,3 +417,155 @@ async def test_regression_mail_over_the_backlog_cap_returns_when_the_backlog_hal
     await h.settle(rounds=2000)  # the fake clock stands still: no 5 s pass
     assert spool.ids() == []
     assert len(h.courier.calls) == 25
+
+
+# --- mail handed over at commit (Scheduler.intake) -------------------------------------------
+
+async def handed(spool: Spool, sched: Scheduler, rcpts: list[str], arrival: float,
+                 body: bytes = b"Subject: fresh\r\n\r\nbody\r\n") -> tuple[str, bool]:
+    """Store a message the way a session does: offered to the scheduler first. Returns the
+    id and whether the scheduler took it."""
+    qid = spool.new_id()
+    w = spool.begin(qid)
+    await w.write(body)
+    env = Envelope(sender="a@example.org", arrival=arrival,
+                   recipients=[Recipient(a) for a in rcpts])
+    handoff = sched.intake(env)
+    await spool.commit(w, env, handoff=handoff)
+    if handoff is None:
+        sched.wake()  # as the session's on_queued does
+    return qid, handoff is not None
+
+
+async def test_mail_handed_over_at_commit_is_delivered_without_reading_the_queue(
+        spool: Spool) -> None:
+    gate = asyncio.Event()
+    h = make(spool)
+    h.courier.gate = gate
+    reads = 0
+    due = spool.due
+
+    def counting_due(before: float, limit: int) -> list[tuple[str, float]]:
+        nonlocal reads
+        reads += 1
+        return due(before, limit)
+
+    spool.due = counting_due  # type: ignore[method-assign]
+    h.sched.start()
+    try:
+        await asyncio.sleep(0.05)  # the first look at the (empty) queue
+        looks = reads
+        qid, taken = await handed(spool, h.sched, ["b@one.test", "c@two.test"], h.clock.now)
+        assert taken
+        # Stored as claimed: a look at the queue would not hand it out a second time.
+        assert spool.schedule(qid).state == "active"  # type: ignore[union-attr]
+        assert spool.due(h.clock.now + 10, 10) == []
+        for _ in range(100):
+            if len(h.courier.calls) == 2:
+                break
+            await asyncio.sleep(0.005)
+        assert {d.destination for d in h.courier.calls} == {"one.test", "two.test"}
+        assert all(d.body == b"Subject: fresh\r\n\r\nbody\r\n" for d in h.courier.calls)
+        gate.set()
+        for _ in range(100):
+            if not spool.ids():
+                break
+            await asyncio.sleep(0.005)
+        assert spool.ids() == []
+        assert h.names().index("attempt") < h.names().index("delivered")
+        assert reads - looks == 1  # only the explicit check above read the queue
+    finally:
+        await h.sched.stop(grace=1)
+
+
+async def test_mail_handed_over_reaches_the_scheduler_when_its_session_is_cancelled(
+        spool: Spool) -> None:
+    h = make(spool)
+    h.sched.start()
+    try:
+        qid = spool.new_id()
+        w = spool.begin(qid)
+        await w.write(b"Subject: x\r\n\r\nbody\r\n")
+        env = Envelope(sender="a@example.org", arrival=h.clock.now,
+                       recipients=[Recipient("b@one.test")])
+        task = asyncio.create_task(spool.commit(w, env, handoff=h.sched.intake(env)))
+        await asyncio.sleep(0)  # submitted to the writer, waiting for the fsync
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(200):
+            if not spool.ids() and h.courier.calls:
+                break
+            await asyncio.sleep(0.005)
+        assert [d.qid for d in h.courier.calls] == [qid]
+        assert spool.ids() == []
+    finally:
+        await h.sched.stop(grace=1)
+
+
+async def test_mail_handed_over_is_due_again_after_a_crash(tmp_path: Path) -> None:
+    s1 = Spool(tmp_path / "d")
+    await s1.open()
+    h = make(s1)
+    h.courier.gate = asyncio.Event()  # never opened: the daemon dies mid-delivery
+    h.sched.start()
+    qid, taken = await handed(s1, h.sched, ["b@one.test"], 1.0)
+    assert taken
+    await asyncio.sleep(0.02)
+    assert len(h.courier.calls) == 1
+    await h.sched.stop(grace=0.05)
+    await s1.close()
+    s2 = Spool(tmp_path / "d")
+    await s2.open()
+    try:
+        assert s2.due(10.0, 10) == [(qid, 1.0)]
+    finally:
+        await s2.close()
+
+
+async def test_intake_declines_when_the_scheduler_cannot_take_more(spool: Spool) -> None:
+    env = Envelope(sender="a@example.org", recipients=[Recipient("b@one.test")])
+    h = make(spool, max_active=2, concurrency=1)
+    assert h.sched.intake(env) is None  # not started (deliver = false): the queue keeps it
+    h.courier.gate = asyncio.Event()
+    h.sched.start()
+    try:
+        _, first = await handed(spool, h.sched, ["u1@one.test"], h.clock.now)
+        _, second = await handed(spool, h.sched, ["u2@two.test"], h.clock.now)
+        assert first and second
+        # max_active reached: stored as due instead, delivered when room comes back.
+        qid, third = await handed(spool, h.sched, ["u3@three.test"], h.clock.now)
+        assert not third and spool.schedule(qid).state == "queued"  # type: ignore[union-attr]
+        h.courier.gate.set()
+        for _ in range(200):
+            if not spool.ids():
+                break
+            await asyncio.sleep(0.005)
+        assert spool.ids() == []
+        assert sorted(d.destination for d in h.courier.calls) == [
+            "one.test", "three.test", "two.test"]
+    finally:
+        await h.sched.stop(grace=1)
+
+
+async def test_intake_declines_for_a_crowded_destination(spool: Spool) -> None:
+    # The fairness cap holds for handed-over mail too: one destination's burst waits in
+    # the queue, not in memory, so it cannot take every active place.
+    h = make(spool, concurrency=1)
+    h.courier.gate = asyncio.Event()
+    h.sched.start()
+    try:
+        taken = [(await handed(spool, h.sched, [f"u{i}@one.test"], h.clock.now))[1]
+                 for i in range(14)]
+        assert taken == [True] * 11 + [False] * 3  # 1 sending, 10 waiting (the cap)
+        _, other = await handed(spool, h.sched, ["v@two.test"], h.clock.now)
+        assert other
+        h.courier.gate.set()
+        for _ in range(400):
+            if not spool.ids():
+                break
+            await asyncio.sleep(0.005)
+        assert spool.ids() == []
+        assert len(h.courier.calls) == 15
+    finally:
+        await h.sched.stop(grace=1)

@@ -147,6 +147,7 @@ class App:
             command_timeout=smtp.timeouts.command, data_timeout=smtp.timeouts.data,
             tls_timeout=smtp.timeouts.tls_handshake,
             on_queued=self.scheduler.wake,
+            intake=self.scheduler.intake,
             credentials=credentials,
             proxy_from=tuple(smtp.proxy_protocol_from),
             auth_limiter=self._auth_limiter() if credentials is not None else None,

@@ -118,6 +118,10 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._stopping = False
+        # The last look at the queue left due mail there (no room, or more than a batch):
+        # a finished delivery must look again. Otherwise only a deferral does (the next
+        # due time may have moved closer); a delivered message changes nothing.
+        self._behind = False
 
     # --- life cycle --------------------------------------------------------------------
 
@@ -174,10 +178,12 @@ class Scheduler:
             return None
         room = self.settings.max_active - len(self.active)
         if room <= 0:
+            self._behind = True
             return None
         now = self.clock.time()
         limit = min(room, self.settings.batch) + len(self.active)
         due = await asyncio.to_thread(self.spool.due, now + 0.0005, limit)
+        self._behind = len(due) >= limit
         chosen = [qid for qid, _when in due if qid not in self.active][:room]
         loaded: list[Any] = []
         if chosen:
@@ -238,15 +244,12 @@ class Scheduler:
             finally:
                 self.active.pop(qid, None)
             return
-        groups: dict[Route, list[Recipient]] = {}
-        for r in pending:
-            groups.setdefault(self.route(r, envelope), []).append(r)
+        groups = self._groups(envelope, pending)
         # Fairness: a destination with a backlog already waiting in memory does not take
         # more of the active places; its mail waits in the queue a little longer, so mail
         # to other destinations is not stuck behind it.
         for route in groups:
-            dest = self.destinations.get(route.destination)
-            if dest is not None and len(dest.waiting) >= self._backlog_cap(route.destination):
+            if self._crowded(route.destination):
                 # Parked before the requeue is awaited: a pump during that await must see
                 # it, or the last parked message waits the whole 5 s for nothing. The
                 # requeue is submitted to the writer before the await yields, so an unpark
@@ -254,10 +257,67 @@ class Scheduler:
                 self._parked.setdefault(route.destination, []).append(qid)
                 await self._requeue(qid, 5.0)
                 return
-        self.active[qid] = msg
+        self._launch(msg, groups)
+
+    def _groups(self, envelope: Envelope,
+                pending: list[Recipient]) -> dict[Route, list[Recipient]]:
+        groups: dict[Route, list[Recipient]] = {}
+        for r in pending:
+            groups.setdefault(self.route(r, envelope), []).append(r)
+        return groups
+
+    def _crowded(self, destination: str) -> bool:
+        dest = self.destinations.get(destination)
+        return dest is not None and len(dest.waiting) >= self._backlog_cap(destination)
+
+    def _launch(self, msg: _Active, groups: dict[Route, list[Recipient]]) -> None:
+        self.active[msg.qid] = msg
         msg.running = len(groups)
         for route, rcpts in groups.items():
             self._enqueue(msg, route, tuple(rcpts))
+
+    # --- mail straight from a session -----------------------------------------------------
+
+    def intake(self, envelope: Envelope) -> Callable[[str, bytes | None], None] | None:
+        """Offer a message about to be stored: when the scheduler is running and has room
+        (and no destination of the message is crowded), return a callback for the spool to
+        call once the message is durable, which starts delivering it from memory. The
+        message is then stored as already claimed ('active'), so the queue is never read
+        for it: no thread hop, no second read of what the session just wrote. None: store
+        it as due, and the next look at the queue finds it.
+
+        A crash between the commit and the end of the attempt leaves it 'active', which
+        recovery makes due again, as for any claimed message."""
+        if (self._runner is None or self._stopping
+                or len(self.active) >= self.settings.max_active):
+            return None
+        pending = [r for r in envelope.recipients if not r.is_final]
+        if not pending:
+            return None
+        groups = self._groups(envelope, pending)
+        if any(self._crowded(route.destination) for route in groups):
+            return None
+
+        def stored(qid: str, body: bytes | None) -> None:
+            try:
+                if self._stopping:
+                    return  # stays 'active' in the queue: recovery makes it due again
+                self._launch(_Active(qid, envelope, 0, False, body), groups)
+            except Exception as exc:  # never let a bug strand it: the queue still has it
+                self.log("error", qid=qid, where="scheduler", error=repr(exc))
+                self.active.pop(qid, None)
+                self._spawn(self._requeue_and_look(qid))
+
+        return stored
+
+    async def _requeue_and_look(self, qid: str) -> None:
+        await self._requeue(qid, 0.0)
+        self.wake()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- per-destination limits ----------------------------------------------------------
 
@@ -358,8 +418,9 @@ class Scheduler:
                 self._pump(route.destination)
             msg.running -= 1
         if msg.running == 0:
+            removed = False
             try:
-                await self._finish(msg)
+                removed = await self._finish(msg)
             except Exception as exc:
                 # Not recorded: give it back to the queue (at worst a duplicate delivery).
                 self.log("error", qid=msg.qid, where="scheduler", error=repr(exc))
@@ -367,7 +428,8 @@ class Scheduler:
             finally:
                 self.active.pop(msg.qid, None)
                 msg.body = None
-                self.wake()
+                if self._behind or not removed:
+                    self.wake()
 
     async def _outcomes(self, msg: _Active, route: Route, rcpts: tuple[Recipient, ...],
                         courier: Courier | None) -> list[Outcome]:
@@ -418,9 +480,9 @@ class Scheduler:
 
     # --- recording an attempt ------------------------------------------------------------
 
-    async def _finish(self, msg: _Active) -> None:
+    async def _finish(self, msg: _Active) -> bool:
         """Settle the attempt; queue DSNs first, then update or remove the message (a crash
-        between the two can only duplicate a DSN, never lose one)."""
+        between the two can only duplicate a DSN, never lose one). True: removed."""
         now = self.clock.time()
         env = msg.envelope
         failed: list[tuple[Recipient, Outcome | None]] = list(msg.failed)
@@ -442,12 +504,13 @@ class Scheduler:
         await self._send_dsns(msg, failed, msg.succeeded, warn, now, expired)
         if not pending:
             await self.spool.remove(msg.qid)
-            return
+            return True
         last = ", ".join(sorted({r.reply or "" for r in pending if r.reply}))[:500] or None
         await self.spool.update(msg.qid, envelope=env, attempts=attempts,
                                 next_attempt=now + backoff(attempts, self.settings, self.rnd),
                                 warned=msg.warned or bool(warn), last_error=last,
                                 state="requeue")
+        return False
 
     async def _send_dsns(self, msg: _Active, failed: list[tuple[Recipient, Outcome | None]],
                          succeeded: list[tuple[Recipient, Outcome]], warn: list[Recipient],

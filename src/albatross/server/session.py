@@ -143,6 +143,9 @@ class ServerContext:
     proxy_from: tuple[Any, ...] = ()  # networks whose connections start with a PROXY header
     auth_limiter: AuthLimiter | None = None
     on_queued: Callable[[], None] = lambda: None  # tell the scheduler new mail is due
+    # Scheduler.intake: a message the scheduler takes straight from memory once stored.
+    intake: Callable[[Envelope], Callable[[str, bytes | None], None] | None] = (
+        lambda envelope: None)
     checks: Policy | None = None  # per-phase client checks (policy/), None for none
     finish: FinishHook | None = None  # end-of-data message checks and signing (msgauth)
     # Whether the hook has anything to do for (role, trusted, authenticated): when not, the
@@ -806,11 +809,9 @@ class Session(asyncio.Protocol):
             arrival=time.time(),
             source="smtp",
         )
+        handoff = None if finish.hold else self.ctx.intake(env)
         try:
-            if finish.hold:
-                await self.ctx.spool.commit(writer, env, held=True)
-            else:
-                await self.ctx.spool.commit(writer, env)
+            await self.ctx.spool.commit(writer, env, held=finish.hold, handoff=handoff)
         except AlbatrossError as exc:
             self.ctx.log.event("error", session=self.sid, qid=qid, where="spool", error=str(exc))
             return exc.reply if exc.reply.code >= 400 else R_STORE_FAILED
@@ -821,7 +822,8 @@ class Session(asyncio.Protocol):
                            recipients=[r.address for r in env.recipients],
                            size=writer.size, tls=self.tls_info,
                            **({"held": True} if finish.hold else {}), **finish.log)
-        self.ctx.on_queued()
+        if handoff is None:
+            self.ctx.on_queued()
         return Reply(250, "2.0.0", f"Ok: queued as {qid}")
 
     def _drop_message(self) -> None:

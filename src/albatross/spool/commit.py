@@ -25,6 +25,7 @@ import os
 import queue
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,10 @@ class CommitJob:
     tmp_path: Path | None  # an fsync'd spill file to move to body_name
     body_name: str | None
     future: asyncio.Future[None]
-    state: str = "queued"  # or "held": stored, but not delivered until released
+    state: str = "queued"  # "held": not delivered until released; "active": claimed
+    # Called on the loop once the message is durable, even if its session was cancelled
+    # meanwhile (a claimed message must reach the scheduler that claimed it).
+    stored: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +78,23 @@ class CommitStats:
 _STOP = object()
 
 
-def _settle(results: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
-    """Runs on the event loop: resolve every future of one batch."""
-    for future, error in results:
+def _settle(results: list[tuple[Job, BaseException | None]]) -> None:
+    """Runs on the event loop: resolve every future of one batch, then hand claimed
+    messages over (after their sessions are woken, so "queued" is logged before "attempt")."""
+    for job, error in results:
+        future = job.future
         if future.done():  # the waiting session was cancelled; the outcome stands anyway
-            continue
-        if error is None:
+            pass
+        elif error is None:
             future.set_result(None)
         else:
             future.set_exception(error)
+        if error is None and isinstance(job, CommitJob) and job.stored is not None:
+            try:
+                job.stored()
+            except Exception as exc:  # never leave the rest of the batch unanswered
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": f"{job.qid}: stored callback failed", "exception": exc})
 
 
 class CommitThread:
@@ -149,8 +161,8 @@ class CommitThread:
                 self._batches += 1
                 self._messages += len(batch)
                 self._largest = max(self._largest, len(batch))
-                results: list[tuple[asyncio.Future[None], BaseException | None]] = [
-                    (job.future, errors.get(i)) for i, job in enumerate(batch)]
+                results: list[tuple[Job, BaseException | None]] = [
+                    (job, errors.get(i)) for i, job in enumerate(batch)]
                 try:
                     self._loop.call_soon_threadsafe(_settle, results)
                 except RuntimeError:
@@ -160,14 +172,14 @@ class CommitThread:
 
     def _refuse_rest(self) -> None:
         """Jobs that arrived after the stop marker get an answer, never silence."""
-        refused: list[tuple[asyncio.Future[None], BaseException | None]] = []
+        refused: list[tuple[Job, BaseException | None]] = []
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
             if isinstance(item, CommitJob | UpdateJob):
-                refused.append((item.future, SpoolError("spool is closing")))
+                refused.append((item, SpoolError("spool is closing")))
         if refused:
             try:
                 self._loop.call_soon_threadsafe(_settle, refused)

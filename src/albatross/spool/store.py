@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import sqlite3
@@ -174,9 +175,14 @@ class Spool:
         return MessageWriter(qid, self.layout.tmp, self.inline_max)
 
     async def commit(self, writer: MessageWriter, envelope: Envelope, *,
-                     held: bool = False) -> None:
+                     held: bool = False,
+                     handoff: Callable[[str, bytes | None], None] | None = None) -> None:
         """Store the message and its envelope; return only once both are durable. `held`
-        stores it on hold (quarantine): listed, but not delivered until released."""
+        stores it on hold (quarantine): listed, but not delivered until released.
+
+        `handoff` (from Scheduler.intake) stores it as already claimed for delivery and is
+        called on the loop with the queue id and the inline body (None when the body is a
+        file) as soon as it is durable, even if the caller was cancelled meanwhile."""
         committer = self._committer
         if committer is None or self._closing or self._loop is None:
             writer.abort()
@@ -201,7 +207,10 @@ class Spool:
             qid=writer.qid, arrival=arrival, size=sealed.size, record=text, body=sealed.inline,
             tmp_path=sealed.tmp_path,
             body_name=None if sealed.tmp_path is None else Layout.body_name(writer.qid),
-            future=future, state="held" if held else "queued"))
+            future=future,
+            state="held" if held else "queued" if handoff is None else "active",
+            stored=None if held or handoff is None else functools.partial(
+                handoff, writer.qid, sealed.inline)))
         await future
 
     # -- the scheduler's side: changes to stored messages, group-committed -------------
