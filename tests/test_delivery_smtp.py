@@ -172,6 +172,7 @@ class Scripted:
     tls_closes: bool = False  # answer STARTTLS with 220 and hang up
     tls_stalls: bool = False  # answer STARTTLS with 220 and never answer the ClientHello
     silent: bool = False  # never greet
+    vanish_at_mail: int | None = None  # hang up without a reply at this MAIL of a connection
     rcpt: Callable[[str], str] = lambda addr: "250 2.1.5 ok"
     auth: tuple[str, str] | None = None
     connections: int = 0
@@ -211,6 +212,7 @@ class Scripted:
             return
         buf = bytearray()
         tls = False
+        mails = 0
         mode = "cmd"
         need = 0
         mail = ""
@@ -283,6 +285,9 @@ class Scripted:
                     good = base64.b64encode(f"\0{user}\0{pw}".encode()).decode()
                     say("235 2.7.0 ok" if arg == f"PLAIN {good}" else "535 5.7.8 bad")
                 elif verb == "MAIL":
+                    mails += 1
+                    if mails == self.vanish_at_mail:
+                        return
                     mail, rcpts = arg, []
                     say("250 2.1.0 ok")
                 elif verb == "RCPT":
@@ -557,15 +562,52 @@ async def test_smtputf8_missing_bounces_without_sending(sinks: Callable[..., Sin
 async def test_connection_reuse(sinks: Callable[..., Sink]) -> None:
     sink = sinks("127.0.0.2")
     z = zone_for("example.org", (10, "mx.example.org", ("127.0.0.2",)))
-    c = courier(z, sink.port, max_per_connection=10, idle_timeout=30)
+    c = courier(z, sink.port, max_per_connection=10, idle_timeout=30, rset_after=0.3)
     first = await c.deliver(delivery("b@example.org"))
-    second = await c.deliver(delivery("c@example.org"))
+    second = await c.deliver(delivery("c@example.org"))  # at once: straight to MAIL
     assert [first[0].status, second[0].status] == ["delivered", "delivered"]
+    assert "RSET" not in sink.log.read_text()
+    await asyncio.sleep(0.5)  # idle longer than rset_after: checked with RSET first
+    third = await c.deliver(delivery("d@example.org"))
+    assert third[0].status == "delivered"
     assert c.connections_opened == 1
     await c.close()
-    assert len(sink.messages(expect=2)) == 2
+    assert len(sink.messages(expect=3)) == 3
     assert sink.connections() == 1
-    assert "RSET" in sink.log.read_text()
+    assert sink.log.read_text().count("RSET") == 1
+
+
+async def test_reuse_after_a_refused_transaction_resets_first(
+        scripted: Callable[..., Any]) -> None:
+    # No recipient accepted: the server may still hold our MAIL, so RSET before the next.
+    srv = await scripted("127.0.0.2", rcpt=verdicts)
+    z = zone_for("example.org", (10, "mx.example.org", ("127.0.0.2",)))
+    c = courier(z, srv.port)
+    [bad] = await c.deliver(delivery("bad@example.org"))
+    [ok] = await c.deliver(delivery("ok@example.org"))
+    [ok2] = await c.deliver(delivery("ok2@example.org"))
+    await c.close()
+    assert (bad.status, ok.status, ok2.status) == ("bounced", "delivered", "delivered")
+    verbs = [line.split()[0] for line in srv.commands]
+    assert verbs == ["EHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA",
+                     "MAIL", "RCPT", "DATA", "QUIT"]
+    assert srv.connections == 1
+
+
+async def test_stale_connection_reused_without_rset_retries_on_a_new_one(
+        scripted: Callable[..., Any]) -> None:
+    # The server hangs up, without a reply, at the second MAIL of each connection: the
+    # pooled connection looked alive, nothing was delivered over it, so the message goes
+    # over a new connection at once instead of waiting for a retry.
+    srv = await scripted("127.0.0.2", vanish_at_mail=2)
+    z = zone_for("example.org", (10, "mx.example.org", ("127.0.0.2",)))
+    c = courier(z, srv.port)
+    first = await c.deliver(delivery("b@example.org"))
+    second = await c.deliver(delivery("c@example.org"))
+    await c.close()
+    assert [o.status for o in first + second] == ["delivered", "delivered"]
+    assert [m.rcpts for m in srv.messages] == [["TO:<b@example.org>"], ["TO:<c@example.org>"]]
+    assert srv.connections == 2 and c.connections_opened == 2
 
 
 @needs_sink
@@ -599,7 +641,7 @@ async def test_reused_connection_closed_by_server_reconnects(sinks: Callable[...
                                                              ) -> None:
     sink = sinks("127.0.0.2", "-q", "RSET")  # the sink hangs up at RSET
     z = zone_for("example.org", (10, "mx.example.org", ("127.0.0.2",)))
-    c = courier(z, sink.port)
+    c = courier(z, sink.port, rset_after=0)  # always RSET before reuse
     assert (await c.deliver(delivery("b@example.org")))[0].status == "delivered"
     assert (await c.deliver(delivery("c@example.org")))[0].status == "delivered"
     await c.close()

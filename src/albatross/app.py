@@ -283,7 +283,8 @@ class App:
             return SmtpCourier(resolver, helo_name=d.helo_name or cfg.hostname, port=d.port,
                                tls_policy=tls, timeouts=timeouts,
                                max_per_connection=d.max_per_connection,
-                               idle_timeout=d.idle_timeout, relay=relay,
+                               idle_timeout=d.idle_timeout, rset_after=d.rset_after,
+                               relay=relay,
                                route_policy=route_policy)
 
         smart = None

@@ -378,6 +378,11 @@ class DeliveryConfig:
     idle_timeout: float = field(default=30.0, metadata={
         "kind": values.duration(),
         "doc": "How long an idle connection is kept open for the next message."})
+    rset_after: float = field(default=2.0, metadata={
+        "kind": values.duration(positive=False),
+        "doc": "A pooled connection idle for longer than this is checked with RSET before "
+               "its next message; one back in the pool for less, after a message the server "
+               "accepted, carries the next MAIL at once (0: always RSET)."})
     domains: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
         "kind": values.DOMAIN_POLICIES,
         "default_doc": "no per-domain rules",
