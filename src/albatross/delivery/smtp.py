@@ -260,6 +260,7 @@ class SmtpCourier:
         self._idle: dict[tuple[str, int, str, str], list[_Session]] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._contexts: dict[TlsPolicy, ssl.SSLContext] = {}
+        self._relay_fixed: tuple[Candidate, ...] | None = None  # a relay given as an address
 
     # --- the Courier contract --------------------------------------------------------------
 
@@ -320,10 +321,13 @@ class SmtpCourier:
         relay = self.relay
         if relay is None:
             return await find_route(domain, self.resolver, self.route_policy)
+        if self._relay_fixed is not None:
+            return self._relay_fixed
         host = relay.host
         ip = _literal(host) if host.startswith("[") else _ip_or_none(host)
         if ip is not None:
-            return (Candidate(host.strip("[]"), ip),)
+            self._relay_fixed = (Candidate(host.strip("[]"), ip),)  # parsed once, not per message
+            return self._relay_fixed
         ans = await self.resolver.addresses(host)
         name = ans.status.name
         if ans.status is Status.OK and ans.records:

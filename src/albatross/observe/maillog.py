@@ -58,7 +58,6 @@ _READ_CHUNK = 64 * 1024
 MAX_LINE_BYTES = 1 << 20
 _SHOW_BYTES = 200
 
-_ORDER_FIRST = ("qid", "session")
 _ADDRESS_FIELDS = frozenset({"from", "to", "rcpt", "sender", "recipient", "recipients"})
 
 
@@ -120,11 +119,14 @@ class MailLog:
         if "ts" in fields or "event" in fields:
             raise ValueError("mail log fields may not be named 'ts' or 'event'")
         record: dict[str, object] = {"ts": "", "event": event}
-        for key in _ORDER_FIRST:
-            if key in fields:
-                record[key] = fields.pop(key)
+        if "qid" in fields:  # qid and session come first in every line
+            record["qid"] = fields.pop("qid")
+        if "session" in fields:
+            record["session"] = fields.pop("session")
         for key, value in fields.items():
-            record[key[:-1] if key[-1:] == "_" else key] = value
+            if key[-1] == "_":
+                key = key[:-1]
+            record[key] = value
         with self._lock:
             record["ts"] = self._timestamp(self._clock())
             line = _encode(record) + "\n"

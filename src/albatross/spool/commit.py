@@ -59,7 +59,7 @@ class UpdateJob:
 
     qid: str
     statements: tuple[tuple[str, tuple[object, ...]], ...]
-    unlink: tuple[Path, ...]
+    unlink: tuple[str | Path, ...]
     future: asyncio.Future[None]
 
 
@@ -231,9 +231,9 @@ class CommitThread:
         for i in live:
             job = batch[i]
             if isinstance(job, UpdateJob) and i not in errors:
-                for path in job.unlink:
+                for gone in job.unlink:
                     try:
-                        os.unlink(path)
+                        os.unlink(gone)
                     except OSError:
                         pass  # an orphan body is removed by recovery
         return errors
