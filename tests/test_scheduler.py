@@ -105,6 +105,24 @@ class Harness:
         return [e for e, _ in self.events]
 
 
+async def due_after_restart(data_dir: Path) -> list[tuple[str, float]]:
+    """What a restarted daemon finds due (recovery makes claimed rows due again)."""
+    s = Spool(data_dir)
+    await s.open()
+    try:
+        return s.due(10.0, 10)
+    finally:
+        await s.close()
+
+
+async def until(condition: Any, rounds: int = 200) -> None:
+    """Poll `condition()` every 5 ms until it holds (at most `rounds` times)."""
+    for _ in range(rounds):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+
+
 @pytest.fixture
 async def spool(tmp_path: Path) -> Any:
     s = Spool(tmp_path / "d")
@@ -289,12 +307,7 @@ async def test_claimed_messages_are_due_again_after_a_crash(tmp_path: Path) -> N
     await s1.claim([qid])
     assert s1.due(10.0, 10) == [] and s1.schedule(qid).state == "active"  # type: ignore[union-attr]
     await s1.close()  # as if the daemon died mid-delivery
-    s2 = Spool(tmp_path / "d")
-    await s2.open()
-    try:
-        assert s2.due(10.0, 10) == [(qid, 1.0)]
-    finally:
-        await s2.close()
+    assert await due_after_restart(tmp_path / "d") == [(qid, 1.0)]
 
 
 async def test_a_courier_bug_defers_instead_of_losing(spool: Spool) -> None:
@@ -460,17 +473,11 @@ async def test_mail_handed_over_at_commit_is_delivered_without_reading_the_queue
         # Stored as claimed: a look at the queue would not hand it out a second time.
         assert spool.schedule(qid).state == "active"  # type: ignore[union-attr]
         assert spool.due(h.clock.now + 10, 10) == []
-        for _ in range(100):
-            if len(h.courier.calls) == 2:
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: len(h.courier.calls) == 2, 100)
         assert {d.destination for d in h.courier.calls} == {"one.test", "two.test"}
         assert all(d.body == b"Subject: fresh\r\n\r\nbody\r\n" for d in h.courier.calls)
         gate.set()
-        for _ in range(100):
-            if not spool.ids():
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: not spool.ids(), 100)
         assert spool.ids() == []
         assert h.names().index("attempt") < h.names().index("delivered")
         assert reads - looks == 1  # only the explicit check above read the queue
@@ -493,10 +500,7 @@ async def test_mail_handed_over_reaches_the_scheduler_when_its_session_is_cancel
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        for _ in range(200):
-            if not spool.ids() and h.courier.calls:
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: not spool.ids() and h.courier.calls)
         assert [d.qid for d in h.courier.calls] == [qid]
         assert spool.ids() == []
     finally:
@@ -515,12 +519,7 @@ async def test_mail_handed_over_is_due_again_after_a_crash(tmp_path: Path) -> No
     assert len(h.courier.calls) == 1
     await h.sched.stop(grace=0.05)
     await s1.close()
-    s2 = Spool(tmp_path / "d")
-    await s2.open()
-    try:
-        assert s2.due(10.0, 10) == [(qid, 1.0)]
-    finally:
-        await s2.close()
+    assert await due_after_restart(tmp_path / "d") == [(qid, 1.0)]
 
 
 async def test_intake_declines_when_the_scheduler_cannot_take_more(spool: Spool) -> None:
@@ -537,10 +536,7 @@ async def test_intake_declines_when_the_scheduler_cannot_take_more(spool: Spool)
         qid, third = await handed(spool, h.sched, ["u3@three.test"], h.clock.now)
         assert not third and spool.schedule(qid).state == "queued"  # type: ignore[union-attr]
         h.courier.gate.set()
-        for _ in range(200):
-            if not spool.ids():
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: not spool.ids())
         assert spool.ids() == []
         assert sorted(d.destination for d in h.courier.calls) == [
             "one.test", "three.test", "two.test"]
@@ -561,10 +557,7 @@ async def test_intake_declines_for_a_crowded_destination(spool: Spool) -> None:
         _, other = await handed(spool, h.sched, ["v@two.test"], h.clock.now)
         assert other
         h.courier.gate.set()
-        for _ in range(400):
-            if not spool.ids():
-                break
-            await asyncio.sleep(0.005)
+        await until(lambda: not spool.ids(), 400)
         assert spool.ids() == []
         assert len(h.courier.calls) == 15
     finally:
