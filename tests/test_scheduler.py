@@ -13,6 +13,7 @@ from albatross.delivery import Delivery
 from albatross.model import Envelope, Outcome, Recipient, Reply
 from albatross.scheduler import Route, Scheduler, SchedulerSettings, backoff
 from albatross.spool import Spool
+from albatross.spool.store import PREFETCH
 
 OK = Reply(250, "2.0.0", "Ok")
 TEMP = Reply(451, "4.4.1", "try later")
@@ -560,5 +561,30 @@ async def test_intake_declines_for_a_crowded_destination(spool: Spool) -> None:
         await until(lambda: not spool.ids(), 400)
         assert spool.ids() == []
         assert len(h.courier.calls) == 15
+    finally:
+        await h.sched.stop(grace=1)
+
+
+async def test_a_large_handed_over_message_waits_without_its_body_in_memory(
+        spool: Spool) -> None:
+    # As for mail read from the queue, a body over PREFETCH is read when it is sent: a
+    # burst of large messages waiting for a slow destination must not all sit in memory.
+    big = b"Subject: big\r\n\r\n" + (b"y" * 78 + b"\r\n") * 500
+    h = make(spool, concurrency=1)
+    h.courier.gate = asyncio.Event()
+    h.sched.start()
+    try:
+        first, _ = await handed(spool, h.sched, ["u1@one.test"], h.clock.now, body=big)
+        second, taken = await handed(spool, h.sched, ["u2@one.test"], h.clock.now, body=big)
+        small, _ = await handed(spool, h.sched, ["u3@one.test"], h.clock.now)
+        assert taken and len(big) > PREFETCH
+        await until(lambda: len(h.courier.calls) == 1)
+        assert h.sched.active[second].body is None  # waiting: no body held
+        assert h.sched.active[small].body == b"Subject: fresh\r\n\r\nbody\r\n"
+        h.courier.gate.set()
+        await until(lambda: not spool.ids())
+        assert spool.ids() == []
+        assert [(d.qid, d.body) for d in h.courier.calls] == [
+            (first, big), (second, big), (small, b"Subject: fresh\r\n\r\nbody\r\n")]
     finally:
         await h.sched.stop(grace=1)

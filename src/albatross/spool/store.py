@@ -41,6 +41,11 @@ _SPACE_CACHE_SECONDS = 1.0
 _PICKUP_CHUNK = 256 * 1024
 
 
+# Bodies up to this size travel with their envelope to the scheduler (read in the same
+# query, or handed over from the commit); larger ones are read when a courier needs them.
+PREFETCH = 32 * 1024
+
+
 def _no_log(event: str, **fields: Any) -> None:
     pass
 
@@ -184,8 +189,9 @@ class Spool:
         stores it on hold (quarantine): listed, but not delivered until released.
 
         `handoff` (from Scheduler.intake) stores it as already claimed for delivery and is
-        called on the loop with the queue id and the inline body (None when the body is a
-        file) as soon as it is durable, even if the caller was cancelled meanwhile."""
+        called on the loop with the queue id and the body (None when it is larger than
+        PREFETCH or a file) as soon as it is durable, even if the caller was cancelled
+        meanwhile."""
         committer = self._committer
         if committer is None or self._closing or self._loop is None:
             writer.abort()
@@ -213,7 +219,10 @@ class Spool:
             future=future,
             state="held" if held else "queued" if handoff is None else "active",
             stored=None if held or handoff is None else functools.partial(
-                handoff, writer.qid, sealed.inline)))
+                handoff, writer.qid,
+                # As load_for_delivery: mail waiting for its destination keeps at most
+                # PREFETCH bytes of body in memory; a larger one is read when it is sent.
+                sealed.inline if sealed.size <= PREFETCH else None)))
         await future
 
     # -- the scheduler's side: changes to stored messages, group-committed -------------
@@ -345,7 +354,7 @@ class Spool:
         except (ValueError, KeyError, TypeError) as exc:
             raise SpoolError(f"{qid}: envelope record unreadable: {exc}") from exc
 
-    def load_for_delivery(self, qid: str, prefetch: int = 32 * 1024
+    def load_for_delivery(self, qid: str, prefetch: int = PREFETCH
                           ) -> tuple[Envelope, Schedule, bytes | None] | None:
         """The envelope, schedule and (when stored inline and at most `prefetch` bytes) the
         body of a message, in one query; None when it is gone."""
