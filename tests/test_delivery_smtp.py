@@ -173,6 +173,7 @@ class Scripted:
     tls_stalls: bool = False  # answer STARTTLS with 220 and never answer the ClientHello
     silent: bool = False  # never greet
     vanish_at_mail: int | None = None  # hang up without a reply at this MAIL of a connection
+    close_at_mail: int | None = None  # answer this MAIL of a connection with 421 and hang up
     rcpt: Callable[[str], str] = lambda addr: "250 2.1.5 ok"
     auth: tuple[str, str] | None = None
     connections: int = 0
@@ -287,6 +288,10 @@ class Scripted:
                 elif verb == "MAIL":
                     mails += 1
                     if mails == self.vanish_at_mail:
+                        return
+                    if mails == self.close_at_mail:
+                        say("421 4.3.2 shutting down")
+                        await writer.drain()
                         return
                     mail, rcpts = arg, []
                     say("250 2.1.0 ok")
@@ -608,6 +613,22 @@ async def test_stale_connection_reused_without_rset_retries_on_a_new_one(
     assert [o.status for o in first + second] == ["delivered", "delivered"]
     assert [m.rcpts for m in srv.messages] == [["TO:<b@example.org>"], ["TO:<c@example.org>"]]
     assert srv.connections == 2 and c.connections_opened == 2
+
+
+async def test_reused_connection_answered_421_at_mail_retries_on_a_new_one(
+        scripted: Callable[..., Any]) -> None:
+    # A server going away may answer the next command with 421 (RFC 5321 §3.8). Had an
+    # RSET gone first it would have met the 421 and a new connection carried the message;
+    # without the RSET the message must not be deferred for it (found in review).
+    srv = await scripted("127.0.0.2", close_at_mail=2)
+    z = zone_for("example.org", (10, "mx.example.org", ("127.0.0.2",)))
+    c = courier(z, srv.port)
+    first = await c.deliver(delivery("b@example.org"))
+    second = await c.deliver(delivery("c@example.org"))
+    await c.close()
+    assert [(o.status, o.reply.code) for o in first + second] == [
+        ("delivered", 250), ("delivered", 250)]
+    assert srv.connections == 2 and len(srv.messages) == 2
 
 
 @needs_sink

@@ -494,6 +494,7 @@ class SmtpCourier:
         ext = s.conn.extensions
         cand = s.candidate
         rcpts = d.recipients
+        unverified, s.unverified = s.unverified, False
 
         def all_of(reply: Reply, category: str) -> list[Outcome]:
             return [Outcome(r.address, _status(reply), reply, category, cand.host, cand.ip,
@@ -513,7 +514,6 @@ class SmtpCourier:
                          smtputf8=need_utf8 or (env.smtputf8 and ext.smtputf8),
                          ret=_param(env.mail_params, "RET"),
                          envid=_param(env.mail_params, "ENVID"))
-        unverified, s.unverified = s.unverified, False
         seen = s.conn.replies_seen
         try:
             s.conn.send_transaction(tx)
@@ -527,6 +527,11 @@ class SmtpCourier:
             self._release(s)
             return all_of(Reply(554, "5.6.0", f"cannot send this envelope: {err}"), "protocol")
         assert isinstance(ev, TransactionDone)
+        if unverified and ev.mail.code == 421:
+            # The server is closing (RFC 5321 §3.8) and took nothing: an RSET would have
+            # met this 421 and a new connection carried the message, so do just that.
+            await self._quit(s)
+            raise _Stale
         s.messages += 1
         s.clean = ev.data is not None and ev.data.is_positive
         out = []

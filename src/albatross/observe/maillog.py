@@ -124,7 +124,7 @@ class MailLog:
         if "session" in fields:
             record["session"] = fields.pop("session")
         for key, value in fields.items():
-            if key[-1] == "_":
+            if key[-1:] == "_":
                 key = key[:-1]
             record[key] = value
         with self._lock:

@@ -199,7 +199,10 @@ class Scheduler:
                 self.active.pop(qid, None)
                 await self._requeue(qid, self.settings.min_backoff)
         if due and not chosen:
-            return None  # everything due is in flight (its claim not yet written)
+            # Everything due is in flight, its claim not yet written: look again when a
+            # delivery ends, or mail due meanwhile would wait for the 60 s timeout.
+            self._behind = True
+            return None
         return await asyncio.to_thread(self.spool.next_due)
 
     async def _requeue(self, qid: str, delay: float) -> None:
@@ -302,17 +305,36 @@ class Scheduler:
             try:
                 if self._stopping:
                     return  # stays 'active' in the queue: recovery makes it due again
+                now = self.clock.time()
+                if qid in self.locked:
+                    # An operator deleted or bounced it between the commit and now: leave
+                    # it to them, as _start does for mail read from the queue.
+                    self._give_back(qid, now + 1.0)
+                    return
+                # The room was checked at the end of DATA; sessions committing at the same
+                # time may have taken it since.
+                if len(self.active) >= self.settings.max_active:
+                    self._give_back(qid, now)
+                    return
+                for route in groups:
+                    if self._crowded(route.destination):
+                        self._parked.setdefault(route.destination, []).append(qid)
+                        self._give_back(qid, now + 5.0)
+                        return
                 self._launch(_Active(qid, envelope, 0, False, body), groups)
             except Exception as exc:  # never let a bug strand it: the queue still has it
                 self.log("error", qid=qid, where="scheduler", error=repr(exc))
                 self.active.pop(qid, None)
-                self._spawn(self._requeue_and_look(qid))
+                self._give_back(qid, self.clock.time())
 
         return stored
 
-    async def _requeue_and_look(self, qid: str) -> None:
-        await self._requeue(qid, 0.0)
-        self.wake()
+    def _give_back(self, qid: str, when: float) -> None:
+        """End the claim of a handed-over message that will not be delivered now: due at
+        `when` (unless held), then a look at the queue. Submitted at once, so an unpark
+        flush that comes later lands after it."""
+        self._behind = True
+        self.spool.unclaim(qid, when).add_done_callback(lambda _f: self.wake())
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -246,6 +246,22 @@ class Spool:
             committer.submit(UpdateJob(qids[0] if qids else "", (statement,), (), future))
         return future
 
+    def unclaim(self, qid: str, next_attempt: float) -> asyncio.Future[None]:
+        """End a claim without an attempt: 'queued' again (unless an operator held it),
+        due at `next_attempt`. Submitted before this returns, like claim(), so it lands
+        before any job submitted after it; the future needs no awaiting."""
+        statement = ("UPDATE schedule SET next_attempt = ?,"
+                     " state = CASE state WHEN 'held' THEN 'held' ELSE 'queued' END"
+                     " WHERE id = ?", (next_attempt, qid))
+        future = self._new_future()
+        future.add_done_callback(_consume)
+        committer = self._committer
+        if committer is None or self._closing:
+            future.set_exception(SpoolError("spool is not open"))
+        else:
+            committer.submit(UpdateJob(qid, (statement,), (), future))
+        return future
+
     async def update(self, qid: str, *, envelope: Envelope | None = None,
                      next_attempt: float | None = None, attempts: int | None = None,
                      warned: bool | None = None, last_error: str | None = None,
