@@ -599,28 +599,18 @@ async def test_reuse_after_a_refused_transaction_resets_first(
     assert srv.connections == 1
 
 
-async def test_stale_connection_reused_without_rset_retries_on_a_new_one(
-        scripted: Callable[..., Any]) -> None:
+@pytest.mark.parametrize("fault", [
     # The server hangs up, without a reply, at the second MAIL of each connection: the
-    # pooled connection looked alive, nothing was delivered over it, so the message goes
-    # over a new connection at once instead of waiting for a retry.
-    srv = await scripted("127.0.0.2", vanish_at_mail=2)
-    z = zone_for("example.org", (10, "mx.example.org", ("127.0.0.2",)))
-    c = courier(z, srv.port)
-    first = await c.deliver(delivery("b@example.org"))
-    second = await c.deliver(delivery("c@example.org"))
-    await c.close()
-    assert [o.status for o in first + second] == ["delivered", "delivered"]
-    assert [m.rcpts for m in srv.messages] == [["TO:<b@example.org>"], ["TO:<c@example.org>"]]
-    assert srv.connections == 2 and c.connections_opened == 2
-
-
-async def test_reused_connection_answered_421_at_mail_retries_on_a_new_one(
-        scripted: Callable[..., Any]) -> None:
-    # A server going away may answer the next command with 421 (RFC 5321 §3.8). Had an
-    # RSET gone first it would have met the 421 and a new connection carried the message;
-    # without the RSET the message must not be deferred for it (found in review).
-    srv = await scripted("127.0.0.2", close_at_mail=2)
+    # pooled connection looked alive and nothing was delivered over it.
+    {"vanish_at_mail": 2},
+    # A server going away may answer the next command with 421 (RFC 5321 §3.8); an RSET
+    # sent first would have met that 421 (found in review).
+    {"close_at_mail": 2},
+], ids=["hang-up", "421"])
+async def test_stale_connection_reused_without_rset_retries_on_a_new_one(
+        scripted: Callable[..., Any], fault: dict[str, int]) -> None:
+    # Either way the message goes over a new connection at once, not deferred for a retry.
+    srv = await scripted("127.0.0.2", **fault)
     z = zone_for("example.org", (10, "mx.example.org", ("127.0.0.2",)))
     c = courier(z, srv.port)
     first = await c.deliver(delivery("b@example.org"))
@@ -628,7 +618,8 @@ async def test_reused_connection_answered_421_at_mail_retries_on_a_new_one(
     await c.close()
     assert [(o.status, o.reply.code) for o in first + second] == [
         ("delivered", 250), ("delivered", 250)]
-    assert srv.connections == 2 and len(srv.messages) == 2
+    assert [m.rcpts for m in srv.messages] == [["TO:<b@example.org>"], ["TO:<c@example.org>"]]
+    assert srv.connections == 2 and c.connections_opened == 2
 
 
 @needs_sink

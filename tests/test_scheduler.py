@@ -13,6 +13,7 @@ from albatross.delivery import Delivery
 from albatross.model import Envelope, Outcome, Recipient, Reply
 from albatross.scheduler import Route, Scheduler, SchedulerSettings, backoff
 from albatross.spool import Spool
+from albatross.spool.message import MessageWriter
 from albatross.spool.store import PREFETCH
 
 OK = Reply(250, "2.0.0", "Ok")
@@ -435,6 +436,16 @@ async def test_regression_mail_over_the_backlog_cap_returns_when_the_backlog_hal
 
 # --- mail handed over at commit (Scheduler.intake) -------------------------------------------
 
+async def written(spool: Spool, rcpt: str, arrival: float
+                  ) -> tuple[str, MessageWriter, Envelope]:
+    """A message written and ready to commit, as a session has it at the end of DATA."""
+    qid = spool.new_id()
+    w = spool.begin(qid)
+    await w.write(b"Subject: x\r\n\r\nbody\r\n")
+    return qid, w, Envelope(sender="a@example.org", arrival=arrival,
+                            recipients=[Recipient(rcpt)])
+
+
 async def handed(spool: Spool, sched: Scheduler, rcpts: list[str], arrival: float,
                  body: bytes = b"Subject: fresh\r\n\r\nbody\r\n") -> tuple[str, bool]:
     """Store a message the way a session does: offered to the scheduler first. Returns the
@@ -491,11 +502,7 @@ async def test_mail_handed_over_reaches_the_scheduler_when_its_session_is_cancel
     h = make(spool)
     h.sched.start()
     try:
-        qid = spool.new_id()
-        w = spool.begin(qid)
-        await w.write(b"Subject: x\r\n\r\nbody\r\n")
-        env = Envelope(sender="a@example.org", arrival=h.clock.now,
-                       recipients=[Recipient("b@one.test")])
+        qid, w, env = await written(spool, "b@one.test", h.clock.now)
         task = asyncio.create_task(spool.commit(w, env, handoff=h.sched.intake(env)))
         await asyncio.sleep(0)  # submitted to the writer, waiting for the fsync
         task.cancel()
@@ -598,11 +605,7 @@ async def test_regression_a_message_an_operator_locked_before_the_hand_over_is_l
     h = make(spool)
     h.sched.start()
     try:
-        qid = spool.new_id()
-        w = spool.begin(qid)
-        await w.write(b"Subject: x\r\n\r\nbody\r\n")
-        env = Envelope(sender="a@example.org", arrival=h.clock.now,
-                       recipients=[Recipient("b@one.test")])
+        qid, w, env = await written(spool, "b@one.test", h.clock.now)
         handoff = h.sched.intake(env)
         assert handoff is not None
 
@@ -629,11 +632,7 @@ async def test_regression_sessions_committing_together_do_not_overrun_max_active
     try:
         stores = []
         for i in range(3):
-            qid = spool.new_id()
-            w = spool.begin(qid)
-            await w.write(b"Subject: x\r\n\r\nbody\r\n")
-            env = Envelope(sender="a@example.org", arrival=h.clock.now,
-                           recipients=[Recipient(f"u{i}@d{i}.test")])
+            qid, w, env = await written(spool, f"u{i}@d{i}.test", h.clock.now)
             handoff = h.sched.intake(env)
             assert handoff is not None  # nothing is active yet: all three pass the check
             stores.append((qid, spool.commit(w, env, handoff=handoff)))
@@ -658,11 +657,7 @@ async def test_regression_sessions_committing_together_respect_the_backlog_cap(
     try:
         commits = []
         for i in range(13):
-            qid = spool.new_id()
-            w = spool.begin(qid)
-            await w.write(b"Subject: x\r\n\r\nbody\r\n")
-            env = Envelope(sender="a@example.org", arrival=h.clock.now,
-                           recipients=[Recipient(f"u{i}@one.test")])
+            _qid, w, env = await written(spool, f"u{i}@one.test", h.clock.now)
             handoff = h.sched.intake(env)
             assert handoff is not None
             commits.append(spool.commit(w, env, handoff=handoff))

@@ -237,14 +237,7 @@ class Spool:
         # SQLite would otherwise scan across every queued row (slow with a large queue).
         statement = (f"UPDATE schedule SET state = 'active' WHERE +state = 'queued'"
                      f" AND id IN ({marks})", tuple(qids))
-        future = self._new_future()
-        future.add_done_callback(_consume)
-        committer = self._committer
-        if committer is None or self._closing:
-            future.set_exception(SpoolError("spool is not open"))
-        else:
-            committer.submit(UpdateJob(qids[0] if qids else "", (statement,), (), future))
-        return future
+        return self._submit_now(qids[0] if qids else "", statement)
 
     def unclaim(self, qid: str, next_attempt: float) -> asyncio.Future[None]:
         """End a claim without an attempt: 'queued' again (unless an operator held it),
@@ -253,6 +246,11 @@ class Spool:
         statement = ("UPDATE schedule SET next_attempt = ?,"
                      " state = CASE state WHEN 'held' THEN 'held' ELSE 'queued' END"
                      " WHERE id = ?", (next_attempt, qid))
+        return self._submit_now(qid, statement)
+
+    def _submit_now(self, qid: str, statement: tuple[str, tuple[object, ...]]
+                    ) -> asyncio.Future[None]:
+        """Hand one statement to the writer before returning; nobody needs to await it."""
         future = self._new_future()
         future.add_done_callback(_consume)
         committer = self._committer
