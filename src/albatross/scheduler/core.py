@@ -184,7 +184,9 @@ class Scheduler:
         limit = min(room, self.settings.batch) + len(self.active)
         due = await asyncio.to_thread(self.spool.due, now + 0.0005, limit)
         self._behind = len(due) >= limit
-        chosen = [qid for qid, _when in due if qid not in self.active][:room]
+        # The room again: mail handed over by sessions during the read may have taken it.
+        room = self.settings.max_active - len(self.active)
+        chosen = [qid for qid, _when in due if qid not in self.active][:max(room, 0)]
         loaded: list[Any] = []
         if chosen:
             self.spool.claim(chosen)
@@ -192,6 +194,10 @@ class Scheduler:
             # hand-offs cost more than the reads themselves).
             loaded = await asyncio.to_thread(self._load_batch, chosen)
         for qid, found in zip(chosen, loaded, strict=True):
+            if len(self.active) >= self.settings.max_active:  # taken during the load
+                self._behind = True
+                await self._requeue(qid, 0.0)
+                continue
             try:
                 await self._start(qid, found)
             except Exception as exc:
@@ -208,10 +214,16 @@ class Scheduler:
     async def _requeue(self, qid: str, delay: float) -> None:
         """Give a claimed message back to the queue without counting an attempt."""
         try:
-            await self.spool.update(qid, state="requeue",
-                                    next_attempt=self.clock.time() + delay)
+            await self.spool.unclaim(qid, self.clock.time() + delay)
         except Exception as exc:
             self.log("error", qid=qid, where="scheduler", error=f"cannot requeue: {exc}")
+
+    def _park(self, qid: str, destination: str) -> None:
+        """The fairness cap: back to the queue for 5 s, or until the destination's backlog
+        has halved (_pump). Parked before the give-back is written, so a pump meanwhile
+        sees it; unclaim() is submitted at once, so an unpark flush comes after it."""
+        self._parked.setdefault(destination, []).append(qid)
+        self.spool.unclaim(qid, self.clock.time() + 5.0)
 
     def _load_batch(self, qids: list[str]) -> list[Any]:
         """Runs in a thread: load_for_delivery of each id, or the SpoolError it raised."""
@@ -253,12 +265,7 @@ class Scheduler:
         # to other destinations is not stuck behind it.
         for route in groups:
             if self._crowded(route.destination):
-                # Parked before the requeue is awaited: a pump during that await must see
-                # it, or the last parked message waits the whole 5 s for nothing. The
-                # requeue is submitted to the writer before the await yields, so an unpark
-                # flush always comes after it.
-                self._parked.setdefault(route.destination, []).append(qid)
-                await self._requeue(qid, 5.0)
+                self._park(qid, route.destination)
                 return
         self._launch(msg, groups)
 
@@ -318,8 +325,7 @@ class Scheduler:
                     return
                 for route in groups:
                     if self._crowded(route.destination):
-                        self._parked.setdefault(route.destination, []).append(qid)
-                        self._give_back(qid, now + 5.0)
+                        self._park(qid, route.destination)
                         return
                 self._launch(_Active(qid, envelope, 0, False, body), groups)
             except Exception as exc:  # never let a bug strand it: the queue still has it
@@ -387,17 +393,13 @@ class Scheduler:
                     self._prune_buckets(now)
             msg, route, rcpts = dest.waiting.popleft()
             dest.active += 1
-            task = asyncio.get_running_loop().create_task(self._deliver(msg, route, rcpts))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._deliver(msg, route, rcpts))
         parked = self._parked.get(name)
         if parked and len(dest.waiting) <= self._backlog_cap(name) // 2:
             # Without this a burst larger than the cap waited out the whole 5 s requeue
             # delay although the destination had room again within milliseconds.
             del self._parked[name]
-            task = asyncio.get_running_loop().create_task(self._unpark(parked))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._unpark(parked))
         if not dest.waiting and dest.active == 0:
             del self.destinations[name]
 
